@@ -1,0 +1,3 @@
+from trtllm_stack.cli import main
+
+raise SystemExit(main())
