@@ -1,6 +1,7 @@
 """``trtllm-stack``: one console script, one subcommand per task.
 
-Each area (engine, triton, proxy, bench) has a ``cli.py`` with ``register(subparsers)``.
+Each area (engine, triton, proxy, bench) has a ``cli.py`` (or ``*_cli.py``) module with
+``register(subparsers)``; they are discovered here, so areas never edit this file.
 Those modules import only the standard library at top level so that ``--help`` and light
 subcommands stay fast; heavy imports happen inside the handlers.
 """
@@ -21,9 +22,13 @@ Handler = Callable[[argparse.Namespace], int]
 
 def _area_cli_modules() -> list[str]:
     names = []
-    for info in pkgutil.iter_modules(trtllm_stack.__path__):
-        if info.ispkg and importlib.util.find_spec(f"trtllm_stack.{info.name}.cli") is not None:
-            names.append(f"trtllm_stack.{info.name}.cli")
+    for area in pkgutil.iter_modules(trtllm_stack.__path__):
+        if not area.ispkg:
+            continue
+        package = importlib.import_module(f"trtllm_stack.{area.name}")
+        for mod in pkgutil.iter_modules(package.__path__):
+            if mod.name == "cli" or mod.name.endswith("_cli"):
+                names.append(f"trtllm_stack.{area.name}.{mod.name}")
     return sorted(names)
 
 
