@@ -1,0 +1,46 @@
+# `nix flake check`: the Python unit tests on CPU, ruff, and the Nix/Python agreement check
+# (variant names and NCCL defaults computed by nix/lib/*.nix vs. trtllm_stack).
+{
+  lib,
+  runCommand,
+  python3,
+  ruff,
+  trtllm-stack,
+  trtllm-stack-variants,
+  src,
+}:
+let
+  pythonEnv = python3.withPackages (ps: [
+    trtllm-stack
+    ps.pytest
+    ps.pytest-asyncio
+    ps.hypothesis
+  ]);
+in
+{
+  pytest-unit = runCommand "trtllm-stack-pytest-unit" { nativeBuildInputs = [ pythonEnv ]; } ''
+    export HOME="$TMPDIR" PYTHONDONTWRITEBYTECODE=1
+    cd ${src}
+    python3 -m pytest -c python/pyproject.toml tests/unit -q -p no:cacheprovider
+    touch "$out"
+  '';
+
+  ruff = runCommand "trtllm-stack-ruff" { nativeBuildInputs = [ ruff ]; } ''
+    cd ${src}
+    ruff check --no-cache --config python/pyproject.toml python tests nix
+    ruff format --check --no-cache --config python/pyproject.toml python tests nix
+    touch "$out"
+  '';
+
+  nix-eval =
+    runCommand "trtllm-stack-nix-eval"
+      {
+        nativeBuildInputs = [ pythonEnv ];
+        nixVariants = builtins.toJSON trtllm-stack-variants.variants;
+        nixNccl = builtins.toJSON (import ./lib/nccl.nix).env;
+      }
+      ''
+        python3 ${./check_nix_eval.py}
+        touch "$out"
+      '';
+}

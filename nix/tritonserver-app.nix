@@ -1,0 +1,29 @@
+# `nix run .#tritonserver-qwen3[-tp2|-tp4]`: the launcher bound to one engine store path and
+# its variant (world size = tp, one MPI rank per GPU), NCCL PCIe defaults that the user's own
+# environment overrides, mpirun/tritonserver from the NGC image via ngc-runtime.
+{
+  lib,
+  writeShellApplication,
+  trtllm-stack,
+  ngc-runtime,
+  variant,
+  engine,
+}:
+let
+  nccl = import ./lib/nccl.nix;
+  argv = (import ./lib/apps.nix).tritonArgv variant engine;
+in
+writeShellApplication {
+  name = variant.appName;
+  runtimeInputs = [
+    trtllm-stack
+    ngc-runtime
+  ];
+  text = nccl.shellDefaults + ''
+    exec ${lib.escapeShellArgs argv} "$@"
+  '';
+  passthru = {
+    inherit variant engine;
+  };
+  meta.description = "Triton + TensorRT-LLM serving ${variant.name} on ${toString variant.worldSize} GPU(s)";
+}

@@ -1,0 +1,125 @@
+"""The only module that touches TensorRT-LLM. Imported lazily; nothing here runs without a GPU.
+
+None of these calls could be run where this was written (no GPU, no tensorrt_llm wheel).
+Each call and flag was checked against TensorRT-LLM's Python source (NVIDIA/TensorRT-LLM,
+versions 1.x around the pinned 1.1.0; the file and function are cited at each call). The
+pinned version itself is checked at run time by :func:`require_version`.
+
+Tests replace :func:`convert_rank` and :func:`run_trtllm_build` with fakes.
+"""
+
+from __future__ import annotations
+
+import gc
+import subprocess
+import sys
+from collections.abc import Callable
+from importlib import metadata
+from pathlib import Path
+
+from trtllm_stack.engine.quant import QuantSpec
+from trtllm_stack.errors import UserError
+
+
+def installed_version() -> str | None:
+    """TensorRT-LLM's version from package metadata, without importing it (importing is slow)."""
+    try:
+        return metadata.version("tensorrt_llm")
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def require_version(expected: str) -> str:
+    found = installed_version()
+    if found is None:
+        raise UserError(
+            f"TensorRT-LLM is not installed; the engine build needs tensorrt-llm=={expected}"
+            " (pip install 'trtllm-stack[build]' on a machine with an NVIDIA GPU)"
+        )
+    if found != expected:
+        raise UserError(
+            f"TensorRT-LLM {found} is installed but the server runs {expected}"
+            " (variants.toml [runtime].tensorrt_llm_version): an engine only loads in the"
+            f" version that built it; install tensorrt-llm=={expected}"
+        )
+    return found
+
+
+def convert_rank(
+    model_dir: Path,
+    checkpoint_out: Path,
+    *,
+    architecture: str,
+    tp: int,
+    rank: int,
+    quant: QuantSpec,
+) -> None:
+    """Convert one tensor-parallel rank of a HF checkpoint into a TensorRT-LLM checkpoint.
+
+    Writes ``rank{rank}.safetensors`` (and ``config.json`` for rank 0) into ``checkpoint_out``.
+    """
+    # tensorrt_llm/mapping.py: Mapping(world_size=1, rank=0, gpus_per_node=8, *, tp_size, ...)
+    from tensorrt_llm.mapping import Mapping
+
+    # tensorrt_llm/models/__init__.py: MODEL_MAP maps 'Qwen3ForCausalLM' -> QWenForCausalLM.
+    from tensorrt_llm.models import MODEL_MAP
+
+    # tensorrt_llm/models/modeling_utils.py: QuantConfig(quant_algo, kv_cache_quant_algo,
+    # group_size, ..., exclude_modules); passing it is what keeps the engine quantized.
+    from tensorrt_llm.models.modeling_utils import QuantConfig
+
+    # tensorrt_llm/quantization/mode.py: QuantAlgo is a string enum; QuantAlgo("NVFP4") etc.
+    from tensorrt_llm.quantization import QuantAlgo
+
+    model_cls = MODEL_MAP.get(architecture)
+    if model_cls is None:
+        raise UserError(f"TensorRT-LLM has no model class for architecture {architecture!r}")
+    quant_kwargs: dict[str, object] = {
+        "quant_algo": QuantAlgo(quant.quant_algo),
+        "kv_cache_quant_algo": (
+            QuantAlgo(quant.kv_cache_quant_algo) if quant.kv_cache_quant_algo else None
+        ),
+        "exclude_modules": list(quant.exclude_modules) or None,
+    }
+    if quant.group_size is not None:
+        quant_kwargs["group_size"] = quant.group_size
+    quant_config = QuantConfig(**quant_kwargs)
+    mapping = Mapping(world_size=tp, rank=rank, tp_size=tp, pp_size=1)
+    # tensorrt_llm/models/qwen/model.py: QWenForCausalLM.from_hugging_face(hf_model_or_dir,
+    # dtype='auto', mapping=None, quant_config=None, **kwargs); dtype 'auto' takes the
+    # checkpoint's torch_dtype (bfloat16 for the unquantized parts).
+    model = model_cls.from_hugging_face(
+        str(model_dir), dtype="auto", mapping=mapping, quant_config=quant_config
+    )
+    # tensorrt_llm/models/modeling_utils.py: PretrainedModel.save_checkpoint(output_dir,
+    # save_config=True) writes rank{rank}.safetensors and config.json; ranks share one config.
+    model.save_checkpoint(str(checkpoint_out), save_config=(rank == 0))
+    del model
+    gc.collect()
+
+
+def trtllm_build_command(args: list[str]) -> list[str]:
+    """``trtllm-build`` with the interpreter that has the checked TensorRT-LLM installed.
+
+    tensorrt_llm/commands/build.py: ``main()`` is the ``trtllm-build`` console script and the
+    module runs it under ``__main__``; using ``python -m`` avoids a different one on PATH.
+    """
+    return [sys.executable, "-m", "tensorrt_llm.commands.build", *args]
+
+
+def run_trtllm_build(args: list[str], log: Callable[[str], None]) -> None:
+    """Run trtllm-build to completion, streaming its output; a non-zero exit is an error."""
+    cmd = trtllm_build_command(args)
+    tail: list[str] = []
+    with subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+    ) as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            line = line.rstrip("\n")
+            log(line)
+            tail = [*tail[-19:], line]
+        code = proc.wait()
+    if code != 0:
+        last = next((t for t in reversed(tail) if t.strip()), "")
+        raise UserError(f"trtllm-build exited with status {code}; last output: {last[:300]}")
