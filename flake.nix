@@ -29,7 +29,10 @@
         default = app pkgs.trtllm-stack-apps.demo;
       };
 
-      checks.${system} = pkgs.callPackage ./nix/checks.nix { src = ./.; };
+      checks.${system} = import ./nix/checks.nix {
+        inherit pkgs;
+        src = ./.;
+      };
 
       devShells.${system}.default = pkgs.callPackage ./nix/devshell.nix { };
 

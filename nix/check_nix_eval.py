@@ -8,6 +8,7 @@ import json
 import os
 import sys
 
+from trtllm_stack.triton.launch_plan import NCCL_PCIE_DEFAULTS
 from trtllm_stack.variants import load_table
 
 
@@ -15,19 +16,15 @@ def main() -> int:
     nix_variants = json.loads(os.environ["nixVariants"])
     table = load_table()
     py = [(v.name, v.package_name, v.app_name, v.tp) for v in table.variants]
-    nx = [(v["name"], v["packageName"], v["appName"], v["worldSize"]) for v in nix_variants]
+    nx = [
+        (v["name"], v["packageName"], v["appName"], v["worldSize"])
+        for v in nix_variants
+    ]
     if py != nx:
         print(f"variant names differ:\n  python: {py}\n  nix:    {nx}", file=sys.stderr)
         return 1
     nix_nccl = json.loads(os.environ["nixNccl"])
-    try:
-        from trtllm_stack.triton import launcher
-    except ImportError:
-        launcher = None
-    py_nccl = getattr(launcher, "NCCL_DEFAULTS", None) if launcher else None
-    if py_nccl is None:
-        # Until the launcher exposes its defaults: the PCIe values the project specifies.
-        py_nccl = {"NCCL_IB_DISABLE": "1", "NCCL_P2P_LEVEL": "PHB", "NCCL_SHM_DISABLE": "0"}
+    py_nccl = NCCL_PCIE_DEFAULTS
     if dict(py_nccl) != nix_nccl:
         print(f"NCCL defaults differ: python {py_nccl} nix {nix_nccl}", file=sys.stderr)
         return 1

@@ -1,15 +1,15 @@
 # `nix flake check`: the Python unit tests on CPU, ruff, and the Nix/Python agreement check
 # (variant names and NCCL defaults computed by nix/lib/*.nix vs. trtllm_stack).
-{
-  lib,
-  runCommand,
-  python3,
-  ruff,
-  trtllm-stack,
-  trtllm-stack-variants,
-  src,
-}:
+# Imported with `pkgs` rather than callPackage: callPackage would add `override` to this set.
+{ pkgs, src }:
 let
+  inherit (pkgs)
+    runCommand
+    python3
+    ruff
+    trtllm-stack
+    trtllm-stack-variants
+    ;
   pythonEnv = python3.withPackages (ps: [
     trtllm-stack
     ps.pytest

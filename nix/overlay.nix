@@ -24,7 +24,7 @@ in
         name = v.appName;
         value = final.callPackage ./tritonserver-app.nix {
           variant = v;
-          engine = byPackage.${v.packageName};
+          engine = final.trtllm-stack-engines.${v.packageName};
         };
       }) variants.variants
     )

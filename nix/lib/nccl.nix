@@ -2,6 +2,7 @@
 # shell lines the tritonserver apps run. Values the user already set win: `: "${VAR:=default}"`
 # only assigns when VAR is unset or empty. (writeShellApplication's runtimeEnv would not do:
 # it writes `VAR=value; export VAR`, overriding the user; see nix/README.md.)
+# Python side: trtllm_stack.triton.launch_plan.NCCL_PCIE_DEFAULTS (tests compare).
 let
   env = {
     NCCL_IB_DISABLE = "1"; # no InfiniBand

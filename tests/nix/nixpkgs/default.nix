@@ -295,8 +295,50 @@ let
       '';
     };
 
-  # The tests' own overlay, applied last: a tiny root in place of the 20 GB NGC image export.
+  # An engine directory in TensorRT-LLM's layout (config.json + one rank file per GPU), so
+  # the apps have something to serve here. The real derivation stays reachable as
+  # `realEngine` (the tests evaluate its drvPath and attributes).
+  standInEngine =
+    real:
+    let
+      v = real.variant;
+      config = builtins.toJSON {
+        version = "1.1.0";
+        pretrained_config = {
+          architecture = "Qwen3ForCausalLM";
+          mapping = {
+            world_size = v.worldSize;
+            tp_size = v.tp;
+            pp_size = 1;
+          };
+          quantization.quant_algo = v.quantization;
+        };
+        build_config = {
+          max_batch_size = v.maxBatchSize;
+          max_seq_len = v.maxSeqLen;
+          max_num_tokens = v.maxNumTokens;
+        };
+      };
+    in
+    mkDerivation {
+      name = "${real.name}-stand-in";
+      inherit config;
+      passthru = {
+        inherit (real) variant;
+        realEngine = real;
+      };
+      buildCommand = ''
+        mkdir -p "$out"
+        printf '%s' "$config" > "$out/config.json"
+        i=0
+        while [ "$i" -lt ${toString v.worldSize} ]; do : > "$out/rank$i.engine"; i=$((i + 1)); done
+      '';
+    };
+
+  # The tests' own overlay, applied last: a tiny root in place of the 20 GB NGC image export,
+  # stand-in engines in place of GPU builds.
   standInImage = final: prev: {
+    trtllm-stack-engines = builtins.mapAttrs (_: standInEngine) prev.trtllm-stack-engines;
     ngc-tritonserver-image = mkDerivation {
       name = "ngc-tritonserver-image-stand-in";
       buildCommand = ''

@@ -1,0 +1,177 @@
+"""The FastAPI application: thin routes over the chat / completion services.
+
+``create_app(settings)`` opens one :class:`EngineClient` (one gRPC channel) in the lifespan;
+tests pass their own ``engine``.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from trtllm_stack.proxy.engine import Engine
+from trtllm_stack.proxy.errors import (
+    BackendUnavailable,
+    ModelNotFound,
+    PayloadTooLarge,
+    Unauthorized,
+    error_response,
+    install_error_handlers,
+    json_response,
+)
+from trtllm_stack.proxy.metrics import ProxyMetrics
+from trtllm_stack.proxy.protocol import ChatCompletionRequest, CompletionRequest
+from trtllm_stack.proxy.serving_base import ServingContext
+from trtllm_stack.proxy.serving_chat import ChatService
+from trtllm_stack.proxy.serving_completions import CompletionService
+from trtllm_stack.proxy.settings import ProxySettings
+
+log = logging.getLogger("trtllm_stack.proxy")
+
+
+class GuardMiddleware:
+    """API key and body size for ``/v1/*``; pure ASGI so that streams pass through untouched.
+
+    With no key configured any key (or none) is accepted, as OpenWebUI's ``sk-dummy`` expects.
+    """
+
+    def __init__(self, app: ASGIApp, *, api_key: str | None, max_body_bytes: int) -> None:
+        self.app = app
+        self.expected = f"Bearer {api_key}".encode() if api_key else None
+        self.max_body = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith("/v1/"):
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        if self.expected is not None:
+            given = headers.get(b"authorization", b"")
+            if not hmac.compare_digest(given, self.expected):
+                await error_response(
+                    Unauthorized("missing or invalid API key (Authorization: Bearer <key>)")
+                )(scope, receive, send)
+                return
+        length = headers.get(b"content-length")
+        limit = self.max_body
+        if length is not None and length.isdigit() and int(length) > limit:
+            await error_response(_too_large(int(length), limit))(scope, receive, send)
+            return
+        seen = 0
+
+        async def limited_receive() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    raise _too_large(seen, limit)
+            return message
+
+        await self.app(scope, limited_receive, send)
+
+
+def _too_large(size: int, limit: int) -> PayloadTooLarge:
+    return PayloadTooLarge(f"request body of {size}+ bytes exceeds the limit of {limit} bytes")
+
+
+def create_app(
+    settings: ProxySettings | None = None,
+    *,
+    engine: Engine | None = None,
+    tokenizer: Any = None,
+) -> FastAPI:
+    settings = settings or ProxySettings()
+    if tokenizer is None:
+        from trtllm_stack.tokenizer import load_tokenizer
+
+        tokenizer = load_tokenizer(settings.resolve_tokenizer_dir())
+    metrics = ProxyMetrics()
+    own_engine = engine is None
+    if engine is None:
+        from trtllm_stack.triton.client import EngineClient
+
+        engine = EngineClient(settings.triton_url, settings.triton_model)
+    ctx = ServingContext(settings, engine, tokenizer, metrics)
+    chat = ChatService(ctx)
+    completions = CompletionService(ctx)
+    created = int(time.time())
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        if own_engine:
+            await ctx.engine.close()
+
+    app = FastAPI(
+        title="trtllm-stack OpenAI-compatible proxy",
+        version="1",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.state.ctx = ctx
+    install_error_handlers(app, metrics.count_error)
+    api_key = settings.api_key.get_secret_value() if settings.api_key else None
+    app.add_middleware(GuardMiddleware, api_key=api_key, max_body_bytes=settings.max_body_bytes)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "OPTIONS"],
+            allow_headers=["*"],
+            allow_credentials="*" not in settings.cors_origins,
+            max_age=600,
+        )
+
+    model_card = {
+        "id": settings.served_model_name,
+        "object": "model",
+        "created": created,
+        "owned_by": "trtllm-stack",
+    }
+
+    @app.get("/health")
+    async def health() -> Response:
+        return json_response(200, {"status": "ok"})
+
+    @app.get("/health/ready")
+    async def ready() -> Response:
+        if await ctx.engine.is_ready():
+            return json_response(200, {"status": "ready"})
+        return error_response(
+            BackendUnavailable(f"Triton at {settings.triton_url} or its model is not ready")
+        )
+
+    @app.get("/metrics")
+    async def prometheus() -> Response:
+        return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    @app.get("/v1/models")
+    async def list_models() -> Response:
+        return json_response(200, {"object": "list", "data": [model_card]})
+
+    @app.get("/v1/models/{model_id:path}")
+    async def get_model(model_id: str) -> Response:
+        if model_id != settings.served_model_name:
+            raise ModelNotFound(f"model '{model_id}' does not exist", param="model")
+        return json_response(200, model_card)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request, body: ChatCompletionRequest) -> Response:
+        return await chat.handle(request, body)
+
+    @app.post("/v1/completions")
+    async def text_completions(request: Request, body: CompletionRequest) -> Response:
+        return await completions.handle(request, body)
+
+    return app

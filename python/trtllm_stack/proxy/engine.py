@@ -1,0 +1,144 @@
+"""What the proxy needs from the inference backend, and the token pump that reads it.
+
+:class:`Engine` is the interface of :class:`trtllm_stack.triton.client.EngineClient`; unit
+tests substitute a fake. :class:`TokenPump` reads one request's chunks in a task of its own
+so that chunks which arrive while the previous event is being written are handed over
+together (one SSE event for several tokens under load), and so that a backend which goes
+silent is noticed without a per-token timer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+from collections.abc import AsyncIterator
+from typing import Protocol
+
+from trtllm_stack.triton.client import EngineError, EngineLimits, EngineUnavailable
+from trtllm_stack.triton.tensors import EngineChunk, EngineRequest
+
+__all__ = [
+    "BackendSilent",
+    "Engine",
+    "EngineError",
+    "EngineLimits",
+    "EngineUnavailable",
+    "TokenPump",
+]
+
+
+class Engine(Protocol):
+    def generate(
+        self, req: EngineRequest, request_id: str | None = None
+    ) -> AsyncIterator[EngineChunk]: ...
+
+    async def is_ready(self) -> bool: ...
+
+    async def limits(self) -> EngineLimits: ...
+
+    async def close(self) -> None: ...
+
+
+class BackendSilent(Exception):
+    """No chunk from the backend for ``timeout`` seconds."""
+
+
+class TokenPump:
+    """Reads ``engine.generate(...)`` into a buffer; :meth:`next_batch` drains it.
+
+    Buffered memory is bounded by the request's ``max_tokens``. :meth:`close` cancels the
+    reading task, which closes the generator, which cancels the Triton request.
+    """
+
+    __slots__ = (
+        "_done",
+        "_exc",
+        "_items",
+        "_last",
+        "_loop",
+        "_task",
+        "_timeout",
+        "_timer",
+        "_waiter",
+    )
+
+    def __init__(self, chunks: AsyncIterator[EngineChunk], timeout: float) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._items: deque[EngineChunk] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self._done = False
+        self._exc: BaseException | None = None
+        self._timeout = timeout
+        self._last = self._loop.time()
+        self._task = self._loop.create_task(self._run(chunks))
+        # One timer per request, re-armed lazily: no timer work per token.
+        self._timer: asyncio.TimerHandle | None = self._loop.call_later(timeout, self._check)
+
+    async def _run(self, chunks: AsyncIterator[EngineChunk]) -> None:
+        try:
+            async for chunk in chunks:
+                self._items.append(chunk)
+                self._last = self._loop.time()
+                self._wake()
+                if chunk.final:
+                    break
+        except asyncio.CancelledError:
+            pass
+        except Exception as exc:
+            self._exc = exc
+        finally:
+            with contextlib.suppress(Exception):
+                await chunks.aclose()  # type: ignore[attr-defined]
+            self._done = True
+            self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _check(self) -> None:
+        if self._done:
+            self._timer = None
+            return
+        idle = self._loop.time() - self._last
+        if idle < self._timeout:
+            self._timer = self._loop.call_later(self._timeout - idle, self._check)
+            return
+        self._timer = None
+        self._exc = BackendSilent(f"no response from the backend for {self._timeout:g} s")
+        self._task.cancel()
+        self._wake()
+
+    async def next_batch(self) -> list[EngineChunk] | None:
+        """All chunks available now (waiting for at least one); None at the end.
+
+        Raises the backend's exception (EngineUnavailable, EngineError, BackendSilent) once
+        the chunks that came before it have been handed out.
+        """
+        items = self._items
+        while not items:
+            if self._done or self._exc is not None:
+                if self._exc is not None:
+                    exc, self._exc = self._exc, None
+                    self._done = True
+                    raise exc
+                return None
+            self._waiter = self._loop.create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        if len(items) == 1:
+            return [items.popleft()]
+        batch = list(items)
+        items.clear()
+        return batch
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if not self._task.done():
+            self._task.cancel()

@@ -1,0 +1,179 @@
+"""OpenAI-style errors: ``{"error": {"message", "type", "param", "code"}}`` with the right status.
+
+Every failure a client can cause or see goes through :class:`ProxyError` or one of the
+handlers installed by :func:`install_error_handlers`; none of them ever sends a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+log = logging.getLogger("trtllm_stack.proxy")
+
+
+class ProxyError(Exception):
+    status = 400
+    type = "invalid_request_error"
+    code: str | None = None
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+        self.headers = dict(headers or {})
+
+    def body(self) -> dict[str, Any]:
+        return error_body(self.message, self.type, self.param, self.code)
+
+
+class InvalidRequest(ProxyError):
+    status = 400
+
+
+class Unauthorized(ProxyError):
+    status = 401
+    type = "authentication_error"
+    code = "invalid_api_key"
+
+
+class ModelNotFound(ProxyError):
+    status = 404
+    type = "invalid_request_error"
+    code = "model_not_found"
+
+
+class PayloadTooLarge(ProxyError):
+    status = 413
+    code = "request_too_large"
+
+
+class Overloaded(ProxyError):
+    status = 429
+    type = "rate_limit_error"
+    code = "too_many_requests"
+
+
+class BackendUnavailable(ProxyError):
+    status = 503
+    type = "service_unavailable"
+    code = "backend_unavailable"
+
+
+class BackendFailed(ProxyError):
+    status = 502
+    type = "server_error"
+    code = "backend_error"
+
+
+class BackendTimeout(ProxyError):
+    status = 504
+    type = "server_error"
+    code = "backend_timeout"
+
+
+def error_body(
+    message: str, type_: str, param: str | None = None, code: str | None = None
+) -> dict[str, Any]:
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+def json_response(status: int, body: Any, headers: Mapping[str, str] | None = None) -> Response:
+    return Response(
+        orjson.dumps(body), status_code=status, headers=headers, media_type="application/json"
+    )
+
+
+def error_response(exc: ProxyError) -> Response:
+    return json_response(exc.status, exc.body(), exc.headers)
+
+
+_TYPE_TAGS = frozenset({"str", "int", "float", "bool", "list", "dict", "none", "json-or-python"})
+
+
+def _loc_to_param(loc: tuple[Any, ...]) -> str | None:
+    # ("body", "messages", 0, "str") -> "messages[0]"; pydantic adds union-branch labels
+    # ("str", "list[TextPart]", "NamedToolChoice", "function-after[...]") that are not fields.
+    out = ""
+    for p in loc[1:] if loc and loc[0] == "body" else loc:
+        if isinstance(p, int):
+            out += f"[{p}]"
+            continue
+        name = str(p)
+        if name in _TYPE_TAGS or not name.isidentifier() or name[:1].isupper():
+            continue
+        out += f".{name}" if out else name
+    return out or None
+
+
+def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
+    errors = exc.errors()
+    if not errors:
+        return "invalid request", None
+    first = errors[0]
+    if first.get("type") == "json_invalid":
+        return "request body is not valid JSON", None
+    loc = tuple(first.get("loc", ()))
+    param = _loc_to_param(loc)
+    msg = str(first.get("msg", "invalid value"))
+    if first.get("type") == "missing":
+        msg = "field required"
+    text = f"{param}: {msg}" if param else msg
+    others = {_loc_to_param(tuple(e.get("loc", ()))) for e in errors[1:]} - {param}
+    if others:
+        text += f" (and {len(others)} more invalid field{'s' if len(others) > 1 else ''})"
+    return text, param
+
+
+def install_error_handlers(app: FastAPI, on_error: Any = None) -> None:
+    """``on_error(kind)`` is called for each error response (metrics)."""
+
+    def count(kind: str) -> None:
+        if on_error is not None:
+            on_error(kind)
+
+    async def proxy_error(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, ProxyError)
+        count(exc.code or exc.type)
+        return error_response(exc)
+
+    async def validation_error(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        message, param = _validation_message(exc)
+        count("invalid_request")
+        return json_response(400, error_body(message, "invalid_request_error", param))
+
+    async def http_error(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        count(f"http_{exc.status_code}")
+        message = exc.detail if isinstance(exc.detail, str) else "request failed"
+        kind = "invalid_request_error" if exc.status_code < 500 else "server_error"
+        headers = dict(exc.headers or {})
+        return json_response(exc.status_code, error_body(message, kind), headers)
+
+    async def unexpected(_: Request, exc: Exception) -> Response:
+        # A bug of ours: log it for the operator, give the client a clean message only.
+        log.error("unhandled error: %r", exc, exc_info=exc)
+        count("internal")
+        return json_response(500, error_body("internal server error", "server_error"))
+
+    app.add_exception_handler(ProxyError, proxy_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(Exception, unexpected)

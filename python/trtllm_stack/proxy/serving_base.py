@@ -1,0 +1,296 @@
+"""What chat and text completions share: request checks, engine limits, the generation
+loop with disconnect handling, usage and logprobs formatting.
+
+Flow of one request (both endpoints): validate -> prompt token ids -> EngineRequest ->
+(stream: SSE generator | non-stream: aggregate) with a :class:`TokenPump` underneath.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+from starlette.requests import Request
+
+from trtllm_stack.proxy.engine import (
+    BackendSilent,
+    Engine,
+    EngineError,
+    EngineLimits,
+    EngineUnavailable,
+    TokenPump,
+)
+from trtllm_stack.proxy.errors import (
+    BackendFailed,
+    BackendTimeout,
+    BackendUnavailable,
+    InvalidRequest,
+    ModelNotFound,
+    Overloaded,
+    ProxyError,
+)
+from trtllm_stack.proxy.metrics import ProxyMetrics
+from trtllm_stack.proxy.protocol import _SamplingRequest
+from trtllm_stack.proxy.settings import ProxySettings
+from trtllm_stack.triton.tensors import EngineRequest
+
+log = logging.getLogger("trtllm_stack.proxy")
+
+T = TypeVar("T")
+
+# Limits used when the engine does not publish its own (older model repositories).
+_FALLBACK_SEQ_LEN = 32768
+
+
+class ClientGone(Exception):
+    """The HTTP client disconnected before the response was ready."""
+
+
+def backend_error(exc: BaseException) -> ProxyError:
+    """Map what the pump raised to the error the client sees."""
+    if isinstance(exc, EngineUnavailable):
+        return BackendUnavailable(f"the inference backend is unavailable: {exc}")
+    if isinstance(exc, BackendSilent):
+        return BackendTimeout(str(exc))
+    if isinstance(exc, EngineError):
+        return BackendFailed(f"the inference backend failed the request: {exc}")
+    if isinstance(exc, ProxyError):
+        return exc
+    log.error("unexpected backend failure: %r", exc, exc_info=exc)
+    return BackendFailed("the inference backend failed the request")
+
+
+class ServingContext:
+    """Process-wide state of the proxy: one engine client, tokenizer, metrics, limits."""
+
+    def __init__(
+        self,
+        settings: ProxySettings,
+        engine: Engine,
+        tokenizer: Any,
+        metrics: ProxyMetrics,
+    ) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.tokenizer = tokenizer
+        self.metrics = metrics
+        self.in_flight = 0
+        self._limits: EngineLimits | None = None
+        self.end_id: int = int(tokenizer.eos_token_id)
+        pad = tokenizer.pad_token_id
+        self.pad_id: int = int(pad) if pad is not None else self.end_id
+        # Qwen3 ends chat turns with <|im_end|> (end_id) but may also emit <|endoftext|>.
+        extra = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+        self.extra_stop_ids: tuple[tuple[int, ...], ...] = (
+            ((int(extra),),) if isinstance(extra, int) and extra != self.end_id else ()
+        )
+        self._backend = tokenizer.backend_tokenizer
+
+    def encode(self, text: str) -> list[int]:
+        ids: list[int] = self._backend.encode(text, add_special_tokens=False).ids
+        return ids
+
+    async def limits(self) -> EngineLimits:
+        if self._limits is None:
+            try:
+                limits = await self.engine.limits()
+            except EngineUnavailable as exc:
+                raise BackendUnavailable(f"the inference backend is unavailable: {exc}") from None
+            except EngineError as exc:
+                raise BackendFailed(f"cannot read the engine limits: {exc}") from None
+            self._limits = limits
+        return self._limits
+
+    # -- admission ------------------------------------------------------------------
+
+    def check_model(self, model: str) -> None:
+        if model != self.settings.served_model_name:
+            raise ModelNotFound(
+                f"model '{model}' does not exist; this server serves "
+                f"'{self.settings.served_model_name}'",
+                param="model",
+            )
+
+    def admit(self) -> Lease:
+        limit = self.settings.max_in_flight
+        if limit and self.in_flight >= limit:
+            raise Overloaded(
+                f"the server is at its limit of {limit} requests in flight; retry shortly",
+                headers={"Retry-After": "1"},
+            )
+        self.in_flight += 1
+        self.metrics.in_flight.inc()
+        return Lease(self)
+
+    # -- request -> EngineRequest ------------------------------------------------------
+
+    async def engine_request(
+        self,
+        body: _SamplingRequest,
+        prompt_ids: Sequence[int],
+        *,
+        max_tokens: int | None,
+        want_log_probs: bool,
+        chat: bool,
+    ) -> EngineRequest:
+        limits = await self.limits()
+        n_prompt = len(prompt_ids)
+        if n_prompt == 0:
+            raise InvalidRequest("the prompt is empty", param="prompt")
+        if limits.max_input_len is not None and n_prompt > limits.max_input_len:
+            raise InvalidRequest(
+                f"the prompt has {n_prompt} tokens; this engine accepts at most "
+                f"{limits.max_input_len} input tokens",
+                param="messages" if chat else "prompt",
+                code="context_length_exceeded",
+            )
+        seq_len = limits.max_seq_len or _FALLBACK_SEQ_LEN
+        room = seq_len - n_prompt
+        param = "max_completion_tokens" if chat else "max_tokens"
+        if room < 1:
+            raise InvalidRequest(
+                f"the prompt has {n_prompt} tokens, which leaves no room for output in this "
+                f"engine's {seq_len}-token context",
+                param="messages" if chat else "prompt",
+                code="context_length_exceeded",
+            )
+        if max_tokens is None:
+            max_tokens = room
+            if self.settings.default_max_tokens is not None:
+                max_tokens = min(max_tokens, self.settings.default_max_tokens)
+        elif max_tokens > room:
+            raise InvalidRequest(
+                f"the prompt has {n_prompt} tokens and {max_tokens} more were requested, "
+                f"but this engine's context is {seq_len} tokens; ask for at most {room}",
+                param=param,
+                code="context_length_exceeded",
+            )
+        temperature = body.temperature
+        top_k = body.top_k if body.top_k and body.top_k > 0 else None
+        if temperature == 0.0:
+            # Greedy: TensorRT-LLM expresses it as top_k=1 (temperature 0 is not valid there).
+            temperature, top_k = None, 1
+        return EngineRequest(
+            prompt_ids=prompt_ids,
+            max_tokens=max_tokens,
+            end_id=self.end_id,
+            pad_id=self.pad_id,
+            streaming=True,
+            temperature=temperature,
+            top_p=body.top_p,
+            top_k=top_k,
+            seed=body.seed,
+            repetition_penalty=body.repetition_penalty,
+            presence_penalty=body.presence_penalty,
+            frequency_penalty=body.frequency_penalty,
+            min_tokens=body.min_tokens or None,
+            stop_token_sequences=self.extra_stop_ids if chat else (),
+            return_log_probs=want_log_probs,
+        )
+
+    def start(self, req: EngineRequest, request_id: str) -> TokenPump:
+        return TokenPump(self.engine.generate(req, request_id), self.settings.backend_timeout)
+
+    def finish_reason(self, req: EngineRequest, completion_tokens: int, last_token: int) -> str:
+        if completion_tokens >= req.max_tokens and last_token != req.end_id:
+            return "length"
+        return "stop"
+
+
+class Lease:
+    """One admitted request; :meth:`release` is idempotent (several cleanup paths call it)."""
+
+    __slots__ = ("_ctx", "_start")
+
+    def __init__(self, ctx: ServingContext) -> None:
+        self._ctx: ServingContext | None = ctx
+        self._start = time.perf_counter()
+
+    @property
+    def start(self) -> float:
+        return self._start
+
+    def release(self) -> None:
+        ctx, self._ctx = self._ctx, None
+        if ctx is not None:
+            ctx.in_flight -= 1
+            ctx.metrics.in_flight.dec()
+            ctx.metrics.duration.observe(time.perf_counter() - self._start)
+
+
+def new_request_id(prefix: str) -> tuple[str, int]:
+    return f"{prefix}-{uuid.uuid4().hex}", int(time.time())
+
+
+async def until_disconnect(request: Request, work: Awaitable[T]) -> T:
+    """Run ``work`` but stop it (ClientGone) as soon as the client disconnects.
+
+    Used while no response has started (non-stream requests, waiting for the first token),
+    when Starlette would otherwise keep the handler running for nobody.
+    """
+    task: asyncio.Future[Any] = asyncio.ensure_future(work)
+    receive: Callable[[], Awaitable[Any]] = request.receive
+
+    async def wait_disconnect() -> None:
+        while True:
+            message = await receive()
+            if message.get("type") == "http.disconnect":
+                return
+
+    watcher: asyncio.Future[Any] = asyncio.ensure_future(wait_disconnect())
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+        watcher.cancel()
+    if task.cancelled():
+        raise ClientGone()
+    result: T = task.result()
+    return result
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
+
+
+def token_texts(tokenizer: Any, ids: Sequence[int]) -> list[str]:
+    """Per-token text for logprobs (only computed when logprobs were asked for)."""
+    return [tokenizer.decode([i], skip_special_tokens=False) for i in ids]
+
+
+def chat_logprobs(tokenizer: Any, ids: Sequence[int], lps: Sequence[float]) -> dict[str, Any]:
+    return {
+        "content": [
+            {"token": t, "logprob": lp, "bytes": list(t.encode()), "top_logprobs": []}
+            for t, lp in zip(token_texts(tokenizer, ids), lps, strict=False)
+        ]
+    }
+
+
+def completion_logprobs(
+    tokenizer: Any, ids: Sequence[int], lps: Sequence[float], offset: int
+) -> dict[str, Any]:
+    tokens = token_texts(tokenizer, ids)
+    offsets = []
+    pos = offset
+    for t in tokens:
+        offsets.append(pos)
+        pos += len(t)
+    return {
+        "tokens": tokens,
+        "token_logprobs": list(lps[: len(tokens)]),
+        "top_logprobs": None,
+        "text_offset": offsets,
+    }

@@ -1,0 +1,463 @@
+"""``POST /v1/chat/completions``: validate -> chat template -> engine -> stream or aggregate."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from trtllm_stack.proxy.engine import TokenPump
+from trtllm_stack.proxy.errors import InvalidRequest, ProxyError, json_response
+from trtllm_stack.proxy.parsers.reasoning import split_reasoning
+from trtllm_stack.proxy.parsers.tool_calls import ToolCallDelta, parse_tool_calls
+from trtllm_stack.proxy.pipeline import TextPipeline
+from trtllm_stack.proxy.protocol import ChatCompletionRequest, ChatMessage, NamedToolChoice
+from trtllm_stack.proxy.serving_base import (
+    ClientGone,
+    Lease,
+    ServingContext,
+    backend_error,
+    chat_logprobs,
+    new_request_id,
+    until_disconnect,
+    usage,
+)
+from trtllm_stack.proxy.sse import DONE, ChunkTemplate, SSEResponse, dumps, event
+from trtllm_stack.triton.tensors import EngineChunk, EngineRequest
+
+# Prompts longer than this are templated and tokenized in a worker thread so that one big
+# request does not stall every stream's next token.
+_INLINE_PROMPT_CHARS = 16_384
+_RESERVED_TEMPLATE_KEYS = frozenset(
+    {"messages", "tools", "add_generation_prompt", "tokenize", "conversation", "documents"}
+)
+_REQUIRED_TOOL_HINT = "You must call at least one of the provided functions in your reply."
+_NAMED_TOOL_HINT = "You must call the function `{name}` in your reply."
+
+
+@dataclass(slots=True)
+class ChatPlan:
+    """Everything decided before the engine is asked: prompt, parsing, output shape."""
+
+    request_id: str
+    created: int
+    model: str
+    engine_req: EngineRequest
+    prompt_tokens: int
+    stops: list[str]
+    tool_names: list[str] | None  # None: no tool-call parsing
+    thinking_enabled: bool
+    think_in_prompt: bool
+    reasoning: bool
+    include_usage: bool
+    want_logprobs: bool
+
+
+def _message_text(msg: ChatMessage, index: int) -> str | None:
+    content = msg.content
+    if content is None or isinstance(content, str):
+        return content
+    texts = []
+    for j, part in enumerate(content):
+        if part.type != "text" or part.text is None:
+            raise InvalidRequest(
+                f"content part type '{part.type}' is not supported: this model reads text only",
+                param=f"messages[{index}].content[{j}]",
+            )
+        texts.append(part.text)
+    return "".join(texts)
+
+
+def _template_messages(messages: list[ChatMessage]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for i, msg in enumerate(messages):
+        role = "system" if msg.role == "developer" else msg.role
+        item: dict[str, Any] = {"role": role, "content": _message_text(msg, i) or ""}
+        if msg.role == "assistant" and msg.tool_calls:
+            calls = []
+            for j, call in enumerate(msg.tool_calls):
+                args = call.function.arguments
+                if isinstance(args, str):
+                    try:
+                        args = json.loads(args) if args.strip() else {}
+                    except ValueError:
+                        raise InvalidRequest(
+                            "tool call arguments must be a JSON object string",
+                            param=f"messages[{i}].tool_calls[{j}].function.arguments",
+                        ) from None
+                # The Qwen3 template serialises a dict itself; a string would be quoted.
+                calls.append(
+                    {
+                        "id": call.id,
+                        "type": "function",
+                        "function": {"name": call.function.name, "arguments": args},
+                    }
+                )
+            item["tool_calls"] = calls
+        if msg.role == "assistant" and msg.reasoning_content:
+            item["reasoning_content"] = msg.reasoning_content
+        if msg.role == "tool" and msg.tool_call_id is not None:
+            item["tool_call_id"] = msg.tool_call_id
+        if msg.name is not None:
+            item["name"] = msg.name
+        out.append(item)
+    return out
+
+
+def _add_system_hint(messages: list[dict[str, Any]], hint: str) -> None:
+    if messages and messages[0]["role"] == "system":
+        messages[0]["content"] = f"{messages[0]['content']}\n\n{hint}".lstrip()
+    else:
+        messages.insert(0, {"role": "system", "content": hint})
+
+
+def _check_unsupported(body: ChatCompletionRequest) -> None:
+    if body.n not in (None, 1):
+        raise InvalidRequest("only n=1 is supported", param="n")
+    if body.top_logprobs:
+        raise InvalidRequest(
+            "top_logprobs is not supported: the engine returns only the chosen token's"
+            " log probability (use logprobs=true with top_logprobs=0)",
+            param="top_logprobs",
+        )
+    fmt = body.response_format.type if body.response_format is not None else "text"
+    if fmt != "text":
+        raise InvalidRequest(
+            f"response_format '{fmt}' is not supported (no constrained decoding in this"
+            " engine); ask for JSON in the prompt instead",
+            param="response_format",
+        )
+
+
+class ChatService:
+    def __init__(self, ctx: ServingContext) -> None:
+        self.ctx = ctx
+
+    def _render(
+        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None, kwargs: dict
+    ) -> tuple[str, list[int]]:
+        tok = self.ctx.tokenizer
+        try:
+            text = tok.apply_chat_template(
+                messages, tools=tools, add_generation_prompt=True, tokenize=False, **kwargs
+            )
+        except Exception as exc:  # jinja TemplateError, TypeError from odd content
+            raise InvalidRequest(f"the chat template rejected the messages: {exc}") from None
+        return text, self.ctx.encode(text)
+
+    async def plan(self, body: ChatCompletionRequest) -> ChatPlan:
+        ctx = self.ctx
+        ctx.check_model(body.model)
+        _check_unsupported(body)
+        if len(body.messages) > ctx.settings.max_messages:
+            raise InvalidRequest(
+                f"{len(body.messages)} messages; at most {ctx.settings.max_messages} are accepted",
+                param="messages",
+            )
+        messages = _template_messages(body.messages)
+        tool_defs = [t.model_dump(exclude_none=True) for t in body.tools or []]
+        names = [t["function"]["name"] for t in tool_defs]
+        choice = body.tool_choice
+        tool_names: list[str] | None = None
+        if tool_defs and choice != "none":
+            tool_names = names
+            if isinstance(choice, NamedToolChoice):
+                name = choice.function.name
+                if name not in names:
+                    raise InvalidRequest(
+                        f"tool_choice names '{name}', which is not in tools", param="tool_choice"
+                    )
+                tool_defs = [t for t in tool_defs if t["function"]["name"] == name]
+                tool_names = [name]
+                _add_system_hint(messages, _NAMED_TOOL_HINT.format(name=name))
+            elif choice == "required":
+                _add_system_hint(messages, _REQUIRED_TOOL_HINT)
+        elif choice not in (None, "none", "auto"):
+            raise InvalidRequest("tool_choice needs tools", param="tool_choice")
+
+        kwargs = {
+            k: v
+            for k, v in (body.chat_template_kwargs or {}).items()
+            if k not in _RESERVED_TEMPLATE_KEYS
+        }
+        thinking = kwargs.get("enable_thinking", True)
+        thinking_enabled = thinking is not False
+        kwargs["enable_thinking"] = thinking_enabled
+        tools_arg = tool_defs if tool_names is not None else None
+        size = sum(len(m["content"]) for m in messages)
+        if size > _INLINE_PROMPT_CHARS:
+            text, prompt_ids = await asyncio.to_thread(self._render, messages, tools_arg, kwargs)
+        else:
+            text, prompt_ids = self._render(messages, tools_arg, kwargs)
+
+        want_logprobs = bool(body.logprobs)
+        max_tokens = body.max_completion_tokens or body.max_tokens
+        engine_req = await ctx.engine_request(
+            body, prompt_ids, max_tokens=max_tokens, want_log_probs=want_logprobs, chat=True
+        )
+        request_id, created = new_request_id("chatcmpl")
+        return ChatPlan(
+            request_id=request_id,
+            created=created,
+            model=body.model,
+            engine_req=engine_req,
+            prompt_tokens=len(prompt_ids),
+            stops=body.stop_list(),
+            tool_names=tool_names,
+            thinking_enabled=thinking_enabled,
+            think_in_prompt=text.rstrip().endswith("<think>"),
+            reasoning=ctx.settings.reasoning_parser,
+            include_usage=bool(
+                body.stream and body.stream_options and body.stream_options.include_usage
+            ),
+            want_logprobs=want_logprobs,
+        )
+
+    async def handle(self, request: Request, body: ChatCompletionRequest) -> Response:
+        ctx = self.ctx
+        ctx.metrics.requests.labels("chat").inc()
+        plan = await self.plan(body)
+        ctx.metrics.prompt_tokens.inc(plan.prompt_tokens)
+        lease = ctx.admit()
+        pump: TokenPump | None = None
+        try:
+            pump = ctx.start(plan.engine_req, plan.request_id)
+            if not body.stream:
+                result = await until_disconnect(request, self._aggregate(plan, pump, lease))
+                return json_response(200, result)
+            # Wait for the first chunk before answering so that a backend that is down gives
+            # a proper 503 instead of a 200 stream carrying an error.
+            first = await until_disconnect(request, pump.next_batch())
+        except ClientGone:
+            ctx.metrics.count_error("client_disconnected")
+            _abandon(pump, lease)
+            return Response(status_code=499)
+        except ProxyError:
+            _abandon(pump, lease)
+            raise
+        except Exception as exc:
+            _abandon(pump, lease)
+            raise backend_error(exc) from None
+        except BaseException:
+            _abandon(pump, lease)
+            raise
+        owned_pump = pump
+
+        def cleanup() -> None:
+            owned_pump.close()
+            lease.release()
+
+        return SSEResponse(self._stream(plan, owned_pump, first, lease), cleanup)
+
+    # -- non-streaming ---------------------------------------------------------------
+
+    async def _aggregate(self, plan: ChatPlan, pump: TokenPump, lease: Lease) -> dict[str, Any]:
+        ctx = self.ctx
+        pipeline = TextPipeline(ctx.tokenizer, stops=plan.stops)
+        parts: list[str] = []
+        ids_all: list[int] = []
+        lps_all: list[float] = []
+        n_out = 0
+        last = -1
+        first_token_at: float | None = None
+        try:
+            while (batch := await pump.next_batch()) is not None:
+                for chunk in batch:
+                    ids = chunk.token_ids
+                    if ids:
+                        if first_token_at is None:
+                            first_token_at = time.perf_counter()
+                            ctx.metrics.ttft.observe(first_token_at - lease.start)
+                        n_out += len(ids)
+                        last = ids[-1]
+                        _, text, _ = pipeline.push(ids)
+                        parts.append(text)
+                        if plan.want_logprobs:
+                            ids_all.extend(ids)
+                            lps_all.extend(chunk.log_probs or ())
+                    if pipeline.stopped or chunk.final:
+                        break
+                if pipeline.stopped or batch[-1].final:
+                    break
+        except Exception as exc:
+            raise backend_error(exc) from None
+        finally:
+            pump.close()
+        parts.append(pipeline.finish()[1])
+        text = "".join(parts)
+        reasoning: str | None = None
+        if plan.reasoning:
+            reasoning, text = split_reasoning(
+                text, thinking_enabled=plan.thinking_enabled, think_in_prompt=plan.think_in_prompt
+            )
+        message: dict[str, Any] = {"role": "assistant", "content": text}
+        if reasoning:
+            message["reasoning_content"] = reasoning
+        finish = "stop" if pipeline.stopped else ctx.finish_reason(plan.engine_req, n_out, last)
+        if plan.tool_names is not None:
+            content, calls = parse_tool_calls(text, plan.tool_names)
+            if calls:
+                message["content"] = content or None
+                message["tool_calls"] = [
+                    {
+                        "id": c.id,
+                        "type": "function",
+                        "function": {"name": c.name, "arguments": c.arguments},
+                    }
+                    for c in calls
+                ]
+                finish = "tool_calls"
+        ctx.metrics.completion_tokens.inc(n_out)
+        ctx.metrics.finished.labels(finish).inc()
+        logprobs = chat_logprobs(ctx.tokenizer, ids_all, lps_all) if plan.want_logprobs else None
+        return {
+            "id": plan.request_id,
+            "object": "chat.completion",
+            "created": plan.created,
+            "model": plan.model,
+            "choices": [
+                {"index": 0, "message": message, "logprobs": logprobs, "finish_reason": finish}
+            ],
+            "usage": usage(plan.prompt_tokens, n_out),
+        }
+
+    # -- streaming -------------------------------------------------------------------
+
+    async def _stream(
+        self,
+        plan: ChatPlan,
+        pump: TokenPump,
+        first: list[EngineChunk] | None,
+        lease: Lease,
+    ) -> AsyncIterator[bytes]:
+        ctx = self.ctx
+        metrics = ctx.metrics
+        head: dict[str, Any] = {
+            "id": plan.request_id,
+            "object": "chat.completion.chunk",
+            "created": plan.created,
+            "model": plan.model,
+        }
+        tpl = ChunkTemplate(head, "delta")
+        pipeline = TextPipeline(
+            ctx.tokenizer,
+            stops=plan.stops,
+            reasoning=plan.reasoning,
+            thinking_enabled=plan.thinking_enabled,
+            think_in_prompt=plan.think_in_prompt,
+            tool_names=plan.tool_names,
+        )
+        want_lp = plan.want_logprobs
+        out: list[bytes] = [tpl.chunk(b'{"role":"assistant","content":""}')]
+        n_out = 0
+        last = -1
+        last_at = 0.0
+        batch = first
+        try:
+            try:
+                while batch is not None:
+                    if len(batch) == 1:
+                        ids = batch[0].token_ids
+                    else:
+                        ids = [t for c in batch for t in c.token_ids]
+                    final = batch[-1].final
+                    if ids:
+                        now = time.perf_counter()
+                        if n_out == 0:
+                            metrics.ttft.observe(now - lease.start)
+                        else:
+                            metrics.inter_token.observe((now - last_at) / len(ids))
+                        last_at = now
+                        n_out += len(ids)
+                        last = ids[-1]
+                        r, c, deltas = pipeline.push(ids)
+                        if want_lp:
+                            lps = [lp for ch in batch for lp in ch.log_probs or ()]
+                            lp_json = dumps(chat_logprobs(ctx.tokenizer, ids, lps))
+                            out.append(tpl.chunk(_delta_body(r, c, deltas), lp_json))
+                        elif r or c or deltas:
+                            out.append(tpl.chunk(_delta_body(r, c, deltas)))
+                    if final or pipeline.stopped:
+                        break
+                    if out:
+                        yield b"".join(out)
+                        out.clear()
+                    batch = await pump.next_batch()
+            finally:
+                pump.close()
+        except Exception as exc:
+            err = backend_error(exc)
+            metrics.count_error(err.code or err.type)
+            out.append(event(err.body()))
+            out.append(DONE)
+            lease.release()
+            yield b"".join(out)
+            return
+        r, c, deltas = pipeline.finish()
+        if r or c or deltas:
+            out.append(tpl.chunk(_delta_body(r, c, deltas)))
+        if pipeline.called_tools:
+            finish = "tool_calls"
+        elif pipeline.stopped:
+            finish = "stop"
+        else:
+            finish = ctx.finish_reason(plan.engine_req, n_out, last)
+        out.append(tpl.final(b"{}", finish))
+        if plan.include_usage:
+            out.append(event({**head, "choices": [], "usage": usage(plan.prompt_tokens, n_out)}))
+        out.append(DONE)
+        metrics.completion_tokens.inc(n_out)
+        metrics.finished.labels(finish).inc()
+        lease.release()
+        yield b"".join(out)
+
+
+def _abandon(pump: TokenPump | None, lease: Lease) -> None:
+    if pump is not None:
+        pump.close()
+    lease.release()
+
+
+def _delta_body(reasoning: str, content: str, deltas: list[ToolCallDelta]) -> bytes:
+    if not deltas:
+        if reasoning and content:
+            return (
+                b'{"reasoning_content":' + dumps(reasoning) + b',"content":' + dumps(content) + b"}"
+            )
+        if reasoning:
+            return b'{"reasoning_content":' + dumps(reasoning) + b"}"
+        return b'{"content":' + dumps(content) + b"}"
+    delta: dict[str, Any] = {}
+    if reasoning:
+        delta["reasoning_content"] = reasoning
+    if content:
+        delta["content"] = content
+    # One entry per call index: a name delta and its arguments that arrived together
+    # become one entry, which is what clients reading tool_calls[0] expect.
+    calls: list[dict[str, Any]] = []
+    for d in deltas:
+        if calls and calls[-1]["index"] == d.index:
+            fn = calls[-1]["function"]
+            if d.arguments:
+                fn["arguments"] = fn.get("arguments", "") + d.arguments
+            continue
+        entry: dict[str, Any] = {"index": d.index}
+        fn = {}
+        if d.id is not None:
+            entry["id"] = d.id
+            entry["type"] = "function"
+        if d.name is not None:
+            fn["name"] = d.name
+            fn["arguments"] = d.arguments or ""
+        elif d.arguments is not None:
+            fn["arguments"] = d.arguments
+        entry["function"] = fn
+        calls.append(entry)
+    delta["tool_calls"] = calls
+    return dumps(delta)

@@ -1,0 +1,263 @@
+"""``POST /v1/completions``: raw prompt (text or token ids), no chat template."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from trtllm_stack.proxy.engine import TokenPump
+from trtllm_stack.proxy.errors import InvalidRequest, ProxyError, json_response
+from trtllm_stack.proxy.pipeline import TextPipeline
+from trtllm_stack.proxy.protocol import CompletionRequest
+from trtllm_stack.proxy.serving_base import (
+    ClientGone,
+    Lease,
+    ServingContext,
+    backend_error,
+    completion_logprobs,
+    new_request_id,
+    until_disconnect,
+    usage,
+)
+from trtllm_stack.proxy.sse import DONE, ChunkTemplate, SSEResponse, dumps, event
+from trtllm_stack.triton.tensors import EngineChunk, EngineRequest
+
+
+@dataclass(slots=True)
+class CompletionPlan:
+    request_id: str
+    created: int
+    model: str
+    engine_req: EngineRequest
+    prompt_tokens: int
+    stops: list[str]
+    include_usage: bool
+    want_logprobs: bool
+
+
+def _abandon(pump: TokenPump | None, lease: Lease) -> None:
+    if pump is not None:
+        pump.close()
+    lease.release()
+
+
+class CompletionService:
+    def __init__(self, ctx: ServingContext) -> None:
+        self.ctx = ctx
+
+    def _prompt_ids(self, prompt: Any) -> list[int]:
+        if isinstance(prompt, str):
+            return self.ctx.encode(prompt)
+        if isinstance(prompt, list) and len(prompt) > 1 and not isinstance(prompt[0], int):
+            raise InvalidRequest(
+                "batched prompts are not supported: send one prompt per request", param="prompt"
+            )
+        if isinstance(prompt, list) and len(prompt) == 1 and not isinstance(prompt[0], int):
+            return self._prompt_ids(prompt[0])
+        ids = list(prompt)
+        vocab = len(self.ctx.tokenizer)
+        for i in ids:
+            if not 0 <= i < vocab:
+                raise InvalidRequest(f"token id {i} is outside the vocabulary", param="prompt")
+        return ids
+
+    async def plan(self, body: CompletionRequest) -> CompletionPlan:
+        ctx = self.ctx
+        ctx.check_model(body.model)
+        if body.n not in (None, 1):
+            raise InvalidRequest("only n=1 is supported", param="n")
+        if body.best_of not in (None, 1):
+            raise InvalidRequest("best_of is not supported", param="best_of")
+        if body.echo:
+            raise InvalidRequest("echo is not supported", param="echo")
+        if body.suffix:
+            raise InvalidRequest("suffix is not supported", param="suffix")
+        if body.logprobs:
+            raise InvalidRequest(
+                "only logprobs=0 (the chosen tokens' log probabilities) is supported; the"
+                " engine does not return alternatives",
+                param="logprobs",
+            )
+        prompt_ids = self._prompt_ids(body.prompt)
+        want_logprobs = body.logprobs is not None
+        engine_req = await ctx.engine_request(
+            body, prompt_ids, max_tokens=body.max_tokens, want_log_probs=want_logprobs, chat=False
+        )
+        request_id, created = new_request_id("cmpl")
+        return CompletionPlan(
+            request_id=request_id,
+            created=created,
+            model=body.model,
+            engine_req=engine_req,
+            prompt_tokens=len(prompt_ids),
+            stops=body.stop_list(),
+            include_usage=bool(
+                body.stream and body.stream_options and body.stream_options.include_usage
+            ),
+            want_logprobs=want_logprobs,
+        )
+
+    async def handle(self, request: Request, body: CompletionRequest) -> Response:
+        ctx = self.ctx
+        ctx.metrics.requests.labels("completions").inc()
+        plan = await self.plan(body)
+        ctx.metrics.prompt_tokens.inc(plan.prompt_tokens)
+        lease = ctx.admit()
+        pump: TokenPump | None = None
+        try:
+            pump = ctx.start(plan.engine_req, plan.request_id)
+            if not body.stream:
+                result = await until_disconnect(request, self._aggregate(plan, pump, lease))
+                return json_response(200, result)
+            first = await until_disconnect(request, pump.next_batch())
+        except ClientGone:
+            ctx.metrics.count_error("client_disconnected")
+            _abandon(pump, lease)
+            return Response(status_code=499)
+        except ProxyError:
+            _abandon(pump, lease)
+            raise
+        except Exception as exc:
+            _abandon(pump, lease)
+            raise backend_error(exc) from None
+        except BaseException:
+            _abandon(pump, lease)
+            raise
+        owned_pump = pump
+
+        def cleanup() -> None:
+            owned_pump.close()
+            lease.release()
+
+        return SSEResponse(self._stream(plan, owned_pump, first, lease), cleanup)
+
+    async def _aggregate(
+        self, plan: CompletionPlan, pump: TokenPump, lease: Lease
+    ) -> dict[str, Any]:
+        ctx = self.ctx
+        pipeline = TextPipeline(ctx.tokenizer, stops=plan.stops)
+        parts: list[str] = []
+        ids_all: list[int] = []
+        lps_all: list[float] = []
+        n_out = 0
+        last = -1
+        try:
+            while (batch := await pump.next_batch()) is not None:
+                for chunk in batch:
+                    ids = chunk.token_ids
+                    if ids:
+                        if n_out == 0:
+                            ctx.metrics.ttft.observe(time.perf_counter() - lease.start)
+                        n_out += len(ids)
+                        last = ids[-1]
+                        parts.append(pipeline.push(ids)[1])
+                        if plan.want_logprobs:
+                            ids_all.extend(ids)
+                            lps_all.extend(chunk.log_probs or ())
+                    if pipeline.stopped or chunk.final:
+                        break
+                if pipeline.stopped or batch[-1].final:
+                    break
+        except Exception as exc:
+            raise backend_error(exc) from None
+        finally:
+            pump.close()
+        parts.append(pipeline.finish()[1])
+        finish = "stop" if pipeline.stopped else ctx.finish_reason(plan.engine_req, n_out, last)
+        ctx.metrics.completion_tokens.inc(n_out)
+        ctx.metrics.finished.labels(finish).inc()
+        logprobs = (
+            completion_logprobs(ctx.tokenizer, ids_all, lps_all, 0) if plan.want_logprobs else None
+        )
+        return {
+            "id": plan.request_id,
+            "object": "text_completion",
+            "created": plan.created,
+            "model": plan.model,
+            "choices": [
+                {"index": 0, "text": "".join(parts), "logprobs": logprobs, "finish_reason": finish}
+            ],
+            "usage": usage(plan.prompt_tokens, n_out),
+        }
+
+    async def _stream(
+        self,
+        plan: CompletionPlan,
+        pump: TokenPump,
+        first: list[EngineChunk] | None,
+        lease: Lease,
+    ) -> AsyncIterator[bytes]:
+        ctx = self.ctx
+        metrics = ctx.metrics
+        head: dict[str, Any] = {
+            "id": plan.request_id,
+            "object": "text_completion",
+            "created": plan.created,
+            "model": plan.model,
+        }
+        tpl = ChunkTemplate(head, "text")
+        pipeline = TextPipeline(ctx.tokenizer, stops=plan.stops)
+        out: list[bytes] = []
+        n_out = 0
+        last = -1
+        last_at = 0.0
+        offset = 0
+        batch = first
+        try:
+            try:
+                while batch is not None:
+                    ids = (
+                        batch[0].token_ids
+                        if len(batch) == 1
+                        else [t for c in batch for t in c.token_ids]
+                    )
+                    if ids:
+                        now = time.perf_counter()
+                        if n_out == 0:
+                            metrics.ttft.observe(now - lease.start)
+                        else:
+                            metrics.inter_token.observe((now - last_at) / len(ids))
+                        last_at = now
+                        n_out += len(ids)
+                        last = ids[-1]
+                        text = pipeline.push(ids)[1]
+                        if plan.want_logprobs:
+                            lps = [lp for ch in batch for lp in ch.log_probs or ()]
+                            lp = completion_logprobs(ctx.tokenizer, ids, lps, offset)
+                            out.append(tpl.chunk(dumps(text), dumps(lp)))
+                        elif text:
+                            out.append(tpl.chunk(dumps(text)))
+                        offset += len(text)
+                    if batch[-1].final or pipeline.stopped:
+                        break
+                    if out:
+                        yield b"".join(out)
+                        out.clear()
+                    batch = await pump.next_batch()
+            finally:
+                pump.close()
+        except Exception as exc:
+            err = backend_error(exc)
+            metrics.count_error(err.code or err.type)
+            out.append(event(err.body()))
+            out.append(DONE)
+            lease.release()
+            yield b"".join(out)
+            return
+        text = pipeline.finish()[1]
+        if text:
+            out.append(tpl.chunk(dumps(text)))
+        finish = "stop" if pipeline.stopped else ctx.finish_reason(plan.engine_req, n_out, last)
+        out.append(tpl.final(b'""', finish))
+        if plan.include_usage:
+            out.append(event({**head, "choices": [], "usage": usage(plan.prompt_tokens, n_out)}))
+        out.append(DONE)
+        metrics.completion_tokens.inc(n_out)
+        metrics.finished.labels(finish).inc()
+        lease.release()
+        yield b"".join(out)

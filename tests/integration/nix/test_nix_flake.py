@@ -1,0 +1,225 @@
+"""The Nix side, evaluated and run here: pure nix/lib files against Python, and the flake's
+wiring against the nixpkgs stand-in in tests/nix/nixpkgs (real nixpkgs cannot be fetched).
+
+Needs `nix` (CI installs it with .ci/setup-nix.sh). The flake is read as a git flake, so it
+sees tracked files only: `git add` new files before running these tests.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from trtllm_stack import __version__
+from trtllm_stack.triton.launch_plan import NCCL_PCIE_DEFAULTS
+from trtllm_stack.variants import load_table
+
+ROOT = Path(__file__).resolve().parents[3]
+SYSTEM = "x86_64-linux"
+# Settings for this process only, whatever /etc/nix/nix.conf says: no binary cache to wait
+# on, builds as the calling user (root in CI) so the host Python is reachable.
+NIX_CONFIG = "\n".join(
+    [
+        "experimental-features = nix-command flakes",
+        "substituters =",
+        "build-users-group =",
+        "sandbox = false",
+        "warn-dirty = false",
+    ]
+)
+
+
+@pytest.fixture(scope="session")
+def nix_env() -> dict[str, str]:
+    if shutil.which("nix") is None or shutil.which("nix-instantiate") is None:
+        pytest.fail("nix is not installed: run `bash .ci/setup-nix.sh` (Debian's nix-bin)")
+    return {**os.environ, "NIX_CONFIG": NIX_CONFIG}
+
+
+def run(cmd: list[str], env: dict[str, str], **kw: Any) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(
+        cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, **kw
+    )
+    if proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr}")
+    return proc
+
+
+def nix_eval_json(expr: str, env: dict[str, str]) -> Any:
+    out = run(["nix-instantiate", "--eval", "--strict", "--json", "-E", expr], env).stdout
+    return json.loads(out)
+
+
+@pytest.fixture(scope="session")
+def flake(nix_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    """`nix` argument prefix that points the flake's nixpkgs input at a copy of the stand-in
+    with this host's Python, ruff and bash written into host.json."""
+    stand_in = tmp_path_factory.mktemp("nix") / "nixpkgs"
+    shutil.copytree(ROOT / "tests/nix/nixpkgs", stand_in, ignore=shutil.ignore_patterns("host.json"))
+    ruff = shutil.which("ruff")
+    assert ruff, "ruff is needed on PATH (python[dev])"
+    host = {"python": sys.executable, "ruff": ruff, "bash": "/bin/bash"}
+    (stand_in / "host.json").write_text(json.dumps(host))
+    return ["--override-input", "nixpkgs", f"path:{stand_in}", "--no-write-lock-file"]
+
+
+def nix(args: list[str], flake: list[str], env: dict[str, str]) -> str:
+    return run(["nix", *args, *flake], env).stdout
+
+
+# ------------------------------------------------------------------- pure files
+
+
+def test_every_nix_file_parses(nix_env: dict[str, str]) -> None:
+    files = [ROOT / "flake.nix", *ROOT.glob("nix/**/*.nix"), *ROOT.glob("tests/nix/**/*.nix")]
+    assert len(files) >= 10
+    for f in files:
+        run(["nix-instantiate", "--parse", str(f)], nix_env)
+
+
+def test_variant_names_match_python(nix_env: dict[str, str]) -> None:
+    nix = nix_eval_json("import ./nix/lib/variants.nix { }", nix_env)
+    table = load_table(ROOT / "python/trtllm_stack/variants.toml")
+    expected = [
+        {
+            "name": v.name,
+            "packageName": v.package_name,
+            "appName": v.app_name,
+            "worldSize": v.world_size,
+            "quantization": v.quantization,
+            "maxBatchSize": v.max_batch_size,
+            "maxSeqLen": v.max_seq_len,
+            "repo": v.checkpoint.repo,
+            "revision": v.checkpoint.revision,
+        }
+        for v in table.variants
+    ]
+    got = [
+        {
+            "name": v["name"],
+            "packageName": v["packageName"],
+            "appName": v["appName"],
+            "worldSize": v["worldSize"],
+            "quantization": v["quantization"],
+            "maxBatchSize": v["maxBatchSize"],
+            "maxSeqLen": v["maxSeqLen"],
+            "repo": v["checkpoint"]["repo"],
+            "revision": v["checkpoint"]["revision"],
+        }
+        for v in nix["variants"]
+    ]
+    assert got == expected
+    assert nix["runtime"]["tritonImage"] == table.runtime.triton_image
+    assert sorted(nix["byPackageName"]) == sorted(v.package_name for v in table.variants)
+
+
+def test_nccl_defaults_match_launcher(nix_env: dict[str, str]) -> None:
+    nix = nix_eval_json("import ./nix/lib/nccl.nix", nix_env)
+    assert nix["env"] == NCCL_PCIE_DEFAULTS
+
+
+def test_nccl_shell_defaults_let_user_values_win(nix_env: dict[str, str]) -> None:
+    lines = nix_eval_json("(import ./nix/lib/nccl.nix).shellDefaults", nix_env)
+    script = lines + 'env | grep "^NCCL_" | sort\n'
+    user = {k: v for k, v in os.environ.items() if not k.startswith("NCCL_")}
+    user["NCCL_P2P_LEVEL"] = "SYS"
+    out = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", script], env=user, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+    got = dict(line.split("=", 1) for line in out.stdout.split())
+    assert got == {**NCCL_PCIE_DEFAULTS, "NCCL_P2P_LEVEL": "SYS"}
+
+
+def test_triton_app_argv_binds_engine_and_variant(nix_env: dict[str, str]) -> None:
+    expr = (
+        "let a = import ./nix/lib/apps.nix; vs = import ./nix/lib/variants.nix { }; in "
+        'builtins.mapAttrs (n: v: a.tritonArgv v "/engine/${v.packageName}") vs.byAppName'
+    )
+    argv = nix_eval_json(expr, nix_env)
+    table = load_table(ROOT / "python/trtllm_stack/variants.toml")
+    assert argv == {
+        v.app_name: ["trtllm-stack", "triton", "--engine", f"/engine/{v.package_name}",
+                     "--variant", v.name]
+        for v in table.variants
+    }
+
+
+# ------------------------------------------------------------- flake wiring
+
+
+def test_flake_show_lists_every_output(flake: list[str], nix_env: dict[str, str]) -> None:
+    shown = json.loads(nix(["flake", "show", "--json", "."], flake, nix_env))
+    table = load_table(ROOT / "python/trtllm_stack/variants.toml")
+    packages = set(shown["packages"][SYSTEM])
+    assert {v.package_name for v in table.variants} | {"trtllm-stack", "default"} <= packages
+    apps = set(shown["apps"][SYSTEM])
+    assert apps == {v.app_name for v in table.variants} | {"openai-qwen3", "demo", "default"}
+    assert set(shown["checks"][SYSTEM]) == {"pytest-unit", "ruff", "nix-eval"}
+    assert "default" in shown["devShells"][SYSTEM]
+    assert shown["formatter"][SYSTEM]["type"] == "derivation"
+    assert "default" in shown["overlays"]
+    assert "default" in shown["nixosModules"]
+
+
+def test_engine_derivations_evaluate(flake: list[str], nix_env: dict[str, str]) -> None:
+    # The stand-in swaps engines for small directories so apps can run; the real derivation
+    # from nix/engine.nix is kept as realEngine and evaluated here.
+    apply = (
+        "ps: builtins.mapAttrs (n: p: let e = p.realEngine; in { drv = e.drvPath; "
+        "features = e.requiredSystemFeatures; variant = e.variantName; "
+        "builder = e.buildCommand or e.args; }) "
+        "(builtins.removeAttrs ps [ \"default\" \"trtllm-stack\" \"ngc-runtime\" ])"
+    )
+    out = nix(["eval", "--json", f".#packages.{SYSTEM}", "--apply", apply], flake, nix_env)
+    engines = json.loads(out)
+    table = load_table(ROOT / "python/trtllm_stack/variants.toml")
+    assert set(engines) == {v.package_name for v in table.variants}
+    for v in table.variants:
+        e = engines[v.package_name]
+        assert e["drv"].startswith("/nix/store/") and e["drv"].endswith(f"-{v.package_name}.drv")
+        assert e["features"] == ["cuda"]
+        assert e["variant"] == v.name
+        assert "build-engine" in str(e["builder"]) and "verify-engine" in str(e["builder"])
+
+
+def test_trtllm_stack_package_builds_and_runs(flake: list[str], nix_env: dict[str, str]) -> None:
+    out = nix(["run", ".#trtllm-stack", "--", "--version"], flake, nix_env)
+    assert out.strip() == __version__
+    helped = nix(["run", ".#default", "--", "--help"], flake, nix_env)
+    assert "usage: trtllm-stack" in helped
+
+
+def test_tritonserver_app_runs_launcher_with_nccl(
+    flake: list[str], nix_env: dict[str, str]
+) -> None:
+    program = nix(
+        ["eval", "--raw", f".#apps.{SYSTEM}.tritonserver-qwen3-tp4.program"], flake, nix_env
+    )
+    # Build the app (and its stand-in engine), then check what it execs.
+    out = nix(["run", ".#tritonserver-qwen3-tp4", "--", "--version"], flake, nix_env)
+    assert out.strip() == __version__
+    text = Path(program).read_text()
+    engine = text.split("'--engine' '")[1].split("'")[0]
+    config = json.loads((Path(engine) / "config.json").read_text())
+    assert config["pretrained_config"]["mapping"]["world_size"] == 4
+    assert sorted(p.name for p in Path(engine).glob("rank*.engine")) == [
+        f"rank{i}.engine" for i in range(4)
+    ]
+    assert "'--variant' 'qwen3-32b-nvfp4-tp4'" in text
+    for key, value in NCCL_PCIE_DEFAULTS.items():
+        assert f': "${{{key}:={value}}}"' in text
+
+
+def test_nix_eval_check_builds(flake: list[str], nix_env: dict[str, str]) -> None:
+    out = run(
+        ["nix", "build", "--no-link", "-L", f".#checks.{SYSTEM}.nix-eval", *flake], nix_env
+    )
+    assert "variants and 3 NCCL defaults agree" in out.stderr
