@@ -36,7 +36,7 @@ _RANK_FILE = re.compile(r"^rank(\d+)\.engine$")
 SCALE_BITS_PER_WEIGHT = {"NVFP4": 8 / 16, "FP8": 0.0}
 BF16_BYTES = 2
 # Engines carry more than weights (kernels, plugin tactics): allow this slack above.
-SIZE_SLACK_FACTOR = 1.15
+SIZE_SLACK_FACTOR = 1.10
 SIZE_SLACK_BYTES = 512 * 1024**2
 SIZE_LOWER_FACTOR = 0.9
 
