@@ -36,11 +36,16 @@ class StopMatcher:
         if not self._stops:
             return text, False
         buf = self._held + text if self._held else text
+        # The stop that completes first wins (the longest one if several end together),
+        # which is what a token-by-token check sees, whatever the chunking.
         cut = -1
+        cut_end = -1
         for stop in self._stops:
             i = buf.find(stop)
-            if i != -1 and (cut == -1 or i < cut):
-                cut = i
+            if i != -1:
+                end = i + len(stop)
+                if cut == -1 or end < cut_end or (end == cut_end and i < cut):
+                    cut, cut_end = i, end
         if cut != -1:
             self._held = ""
             self._stopped = True

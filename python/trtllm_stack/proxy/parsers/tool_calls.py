@@ -13,9 +13,10 @@ The closing tag is recognised outside JSON strings only, so ``"</tool_call>"`` i
 argument value does not end the block. Brace/string state is tracked incrementally over
 the new text only, so per push the work is O(len(new text)).
 
-Whitespace-only runs next to a valid call (before it, between calls, after the last one)
-are dropped, so a turn made only of tool calls has empty content and ``"Sure <call> ok"``
-gives ``"Sure ok"``; everything else outside blocks is content, byte for byte.
+Whitespace right before a valid call is dropped, and so is whitespace after a call unless
+more content follows (then it stays, so words do not run together): a turn made only of
+tool calls has empty content and ``"Sure <call> ok"`` gives ``"Sure ok"``. Everything else
+outside valid blocks is content, character for character.
 :func:`parse_tool_calls` runs the same machine over the whole text, so streaming and
 non-streaming results agree.
 """
