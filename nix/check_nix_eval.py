@@ -1,6 +1,6 @@
 """Flake check: what nix/lib computes must equal what trtllm_stack computes from the same TOML.
 
-Reads the Nix side from the environment (nixVariants, nixNccl: JSON) and exits non-zero
+Reads the Nix side from the environment (NIX_VARIANTS, NIX_NCCL: JSON) and exits non-zero
 naming the first disagreement.
 """
 
@@ -13,17 +13,14 @@ from trtllm_stack.variants import load_table
 
 
 def main() -> int:
-    nix_variants = json.loads(os.environ["nixVariants"])
+    nix_variants = json.loads(os.environ["NIX_VARIANTS"])
     table = load_table()
     py = [(v.name, v.package_name, v.app_name, v.tp) for v in table.variants]
-    nx = [
-        (v["name"], v["packageName"], v["appName"], v["worldSize"])
-        for v in nix_variants
-    ]
+    nx = [(v["name"], v["packageName"], v["appName"], v["worldSize"]) for v in nix_variants]
     if py != nx:
         print(f"variant names differ:\n  python: {py}\n  nix:    {nx}", file=sys.stderr)
         return 1
-    nix_nccl = json.loads(os.environ["nixNccl"])
+    nix_nccl = json.loads(os.environ["NIX_NCCL"])
     py_nccl = NCCL_PCIE_DEFAULTS
     if dict(py_nccl) != nix_nccl:
         print(f"NCCL defaults differ: python {py_nccl} nix {nix_nccl}", file=sys.stderr)

@@ -36,8 +36,8 @@ in
     runCommand "trtllm-stack-nix-eval"
       {
         nativeBuildInputs = [ pythonEnv ];
-        nixVariants = builtins.toJSON trtllm-stack-variants.variants;
-        nixNccl = builtins.toJSON (import ./lib/nccl.nix).env;
+        NIX_VARIANTS = builtins.toJSON trtllm-stack-variants.variants;
+        NIX_NCCL = builtins.toJSON (import ./lib/nccl.nix).env;
       }
       ''
         python3 ${./check_nix_eval.py}
