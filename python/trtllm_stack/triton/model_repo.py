@@ -1,0 +1,232 @@
+"""Triton model repository from our templates (``trtllm-stack model-repo``).
+
+Models: ``tensorrt_llm`` (the TensorRT-LLM backend on a GPU, or the scripted CPU engine),
+``preprocessing`` and ``postprocessing`` (our Python models: tokenize; incremental, UTF-8 safe
+detokenization) and ``ensemble`` (text in, text out on Triton's HTTP generate endpoints).
+Fill-template semantics as TensorRT-LLM's tools/fill_template.py, but strict: every
+``${key}`` must be filled or nothing is written. The repository is written to a temp dir
+next to the target and renamed into place.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from trtllm_stack.errors import UserError
+from trtllm_stack.triton import tensors as T
+from trtllm_stack.variants import Variant
+
+_PLACEHOLDER = re.compile(r"\$\{(\w+)\}")
+
+# Defaults as TensorRT-LLM's deployment guides use them for inflight batching + streaming.
+ENGINE_DEFAULTS: dict[str, str] = {
+    "batching_strategy": "inflight_fused_batching",
+    "batch_scheduler_policy": "max_utilization",
+    "decoupled_mode": "true",
+    "kv_cache_free_gpu_mem_fraction": "0.9",
+    "exclude_input_in_output": "true",
+    "enable_kv_cache_reuse": "false",
+    "enable_chunked_context": "true",
+    "logits_datatype": "TYPE_FP32",
+    "encoder_input_features_data_type": "TYPE_FP16",
+    "prompt_embedding_table_data_type": "TYPE_FP16",
+    "max_beam_width": "1",
+    "max_queue_delay_microseconds": "0",
+    "max_queue_size": "0",
+    "normalize_log_probs": "true",
+    "cancellation_check_period_ms": "100",
+    "stats_check_period_ms": "100",
+}
+
+
+@dataclass
+class ScriptedEngineOptions:
+    """Knobs of the scripted CPU engine (tests and the no-GPU demo)."""
+
+    token_delay_ms: float = 0.0
+    default_reply_tokens: int = 200
+    event_log: Path | None = None
+
+
+@dataclass
+class RepoOptions:
+    triton_max_batch_size: int = 64
+    max_input_len: int | None = None
+    max_seq_len: int | None = None
+    overrides: dict[str, str] = field(default_factory=dict)
+
+
+def fill_template(template: str, values: dict[str, str], where: str) -> str:
+    """Replace every ``${key}``; a key without a value is an error naming it."""
+    missing = sorted({k for k in _PLACEHOLDER.findall(template) if k not in values})
+    if missing:
+        raise UserError(f"{where}: no value for template key(s): {', '.join(missing)}")
+    return _PLACEHOLDER.sub(lambda m: values[m.group(1)], template)
+
+
+def _pbtxt_string(value: str) -> str:
+    return json.dumps(value)[1:-1]  # escapes quotes and backslashes as protobuf text does
+
+
+def _parameter(key: str, value: str) -> str:
+    value = _pbtxt_string(value)
+    return f'parameters: {{\n  key: "{key}"\n  value: {{\n    string_value: "{value}"\n  }}\n}}'
+
+
+def read_engine_config(engine_dir: Path) -> dict[str, Any]:
+    path = engine_dir / "config.json"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"{engine_dir} is not a TensorRT-LLM engine: no config.json") from None
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot read {path}: {exc}") from None
+    if not isinstance(data, dict) or "build_config" not in data:
+        raise UserError(
+            f"{path} is not a TensorRT-LLM engine config (no build_config); was a Hugging Face"
+            " config.json copied over it?"
+        )
+    return data
+
+
+def _engine_limits(engine_dir: Path) -> tuple[int | None, int | None, int | None]:
+    build = read_engine_config(engine_dir).get("build_config", {})
+
+    def get(key: str) -> int | None:
+        value = build.get(key)
+        return int(value) if isinstance(value, int) and not isinstance(value, bool) else None
+
+    return get("max_input_len"), get("max_seq_len"), get("max_batch_size")
+
+
+def _templates() -> Any:
+    return resources.files("trtllm_stack.triton").joinpath("templates")
+
+
+def _models() -> Any:
+    return resources.files("trtllm_stack.triton").joinpath("models")
+
+
+def render_repository(
+    *,
+    engine: str | Path,
+    tokenizer_dir: Path,
+    variant: Variant | None = None,
+    scripted: ScriptedEngineOptions | None = None,
+    options: RepoOptions | None = None,
+) -> dict[str, str]:
+    """All files of the repository as {relative path: text}; no I/O besides reading inputs."""
+    options = options or RepoOptions()
+    is_scripted = str(engine) == "scripted"
+    max_input = options.max_input_len
+    max_seq = options.max_seq_len
+    batch = options.triton_max_batch_size
+    if variant is not None:
+        max_seq = max_seq or variant.max_seq_len
+        max_input = max_input or variant.max_seq_len - 1
+        batch = variant.max_batch_size
+    if not is_scripted:
+        engine_dir = Path(engine)
+        e_input, e_seq, e_batch = _engine_limits(engine_dir)
+        max_input = options.max_input_len or e_input or max_input
+        max_seq = options.max_seq_len or e_seq or max_seq
+        batch = e_batch or batch
+    max_seq = max_seq or 16384
+    max_input = max_input or max_seq - 1
+
+    values = dict(ENGINE_DEFAULTS)
+    values.update(
+        triton_max_batch_size=str(batch),
+        tokenizer_dir=_pbtxt_string(str(tokenizer_dir)),
+        max_input_len=str(max_input),
+        max_seq_len=str(max_seq),
+    )
+    values.update(options.overrides)
+    files: dict[str, str] = {}
+    if is_scripted:
+        s = scripted or ScriptedEngineOptions()
+        values.update(triton_backend="python", engine_dir="scripted")
+        values["extra_parameters"] = "\n".join(
+            [
+                _parameter("scripted_token_delay_ms", str(s.token_delay_ms)),
+                _parameter("scripted_default_reply_tokens", str(s.default_reply_tokens)),
+                _parameter("scripted_event_log", str(s.event_log or "")),
+            ]
+        )
+        files["tensorrt_llm/1/model.py"] = (
+            _models().joinpath("scripted_engine", "model.py").read_text(encoding="utf-8")
+        )
+    else:
+        values.update(triton_backend="tensorrtllm", engine_dir=_pbtxt_string(str(engine)))
+        values.setdefault("extra_parameters", "")
+        files["tensorrt_llm/1/.keep"] = ""
+    tpl = _templates()
+    files["tensorrt_llm/config.pbtxt"] = fill_template(
+        tpl.joinpath("tensorrt_llm.pbtxt").read_text(encoding="utf-8"), values, "tensorrt_llm"
+    )
+    for name in (T.PREPROCESSING_MODEL, T.POSTPROCESSING_MODEL, T.ENSEMBLE_MODEL):
+        files[f"{name}/config.pbtxt"] = fill_template(
+            tpl.joinpath(f"{name}.pbtxt").read_text(encoding="utf-8"), values, name
+        )
+    for name in (T.PREPROCESSING_MODEL, T.POSTPROCESSING_MODEL):
+        files[f"{name}/1/model.py"] = (
+            _models().joinpath(name, "model.py").read_text(encoding="utf-8")
+        )
+    files[f"{T.ENSEMBLE_MODEL}/1/.keep"] = ""
+    return files
+
+
+def write_model_repository(
+    out: Path,
+    *,
+    engine: str | Path,
+    tokenizer_dir: Path,
+    variant: Variant | None = None,
+    scripted: ScriptedEngineOptions | None = None,
+    options: RepoOptions | None = None,
+    force: bool = False,
+) -> Path:
+    """Write the repository atomically (temp dir + rename); refuse a non-empty target."""
+    out = Path(out)
+    if str(engine) != "scripted" and not Path(engine).is_dir():
+        raise UserError(f"engine {str(engine)!r} is neither 'scripted' nor a directory")
+    if not (Path(tokenizer_dir) / "tokenizer.json").is_file():
+        raise UserError(f"tokenizer directory {tokenizer_dir} has no tokenizer.json")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out} exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise UserError(f"{out} is not empty; pass --force to replace it")
+    files = render_repository(
+        engine=engine,
+        tokenizer_dir=Path(tokenizer_dir).resolve(),
+        variant=variant,
+        scripted=scripted,
+        options=options,
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        for rel, text in files.items():
+            path = tmp / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text, encoding="utf-8")
+        os.chmod(tmp, 0o755)
+        if out.exists():
+            old = out.with_name(f".{out.name}.old-{os.getpid()}")
+            out.rename(old)
+            tmp.rename(out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out

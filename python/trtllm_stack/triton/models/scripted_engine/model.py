@@ -1,0 +1,178 @@
+"""Triton Python-backend model standing in for ``tensorrt_llm`` on CPU.
+
+Same inputs, outputs, dtypes and decoupled streaming semantics as TensorRT-LLM's backend:
+one response per token while streaming; the last response flagged final (at max tokens it
+carries the last token; at EOS it is an empty response, as the real backend sends);
+stop words end generation; non-streaming sends one response; a cancelled request stops
+within one token. Requests run concurrently as coroutines on one event-loop thread.
+On MPI ranks > 0 it blocks in initialize, as TensorRT-LLM's leader mode does, so that
+tritonserver on those ranks never opens its ports.
+"""
+
+import asyncio
+import json
+import os
+import threading
+import time
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+from tokenizers import Tokenizer
+
+from trtllm_stack.triton import tensors as T
+from trtllm_stack.triton.scripted import ScriptedModel, ends_with_any
+
+
+def _param(config, key, default):
+    value = config.get("parameters", {}).get(key, {}).get("string_value", "")
+    return default if value == "" or value.startswith("${") else value
+
+
+def _scalar(request, name, default):
+    tensor = pb_utils.get_input_tensor_by_name(request, name)
+    if tensor is None:
+        return default
+    return tensor.as_numpy().reshape(-1)[0].item()
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        config = json.loads(args["model_config"])
+        self._event_log = _param(config, "scripted_event_log", "")
+        self._log_lock = threading.Lock()
+        rank = int(os.environ.get("OMPI_COMM_WORLD_RANK", "0"))
+        self._log(
+            {
+                "event": "init",
+                "rank": rank,
+                "pid": os.getpid(),
+                "env": {k: v for k, v in os.environ.items() if k.startswith("NCCL_")},
+            }
+        )
+        if rank > 0:
+            # Leader mode: worker ranks never finish loading; rank 0 serves.
+            while True:
+                time.sleep(3600)
+        tokenizer = Tokenizer.from_file(
+            os.path.join(_param(config, "tokenizer_dir", ""), "tokenizer.json")
+        )
+        self._model = ScriptedModel(
+            tokenizer, int(_param(config, "scripted_default_reply_tokens", "200"))
+        )
+        self._delay_ms = float(_param(config, "scripted_token_delay_ms", "0"))
+        self._exclude_input_default = (
+            _param(config, "exclude_input_in_output", "false").lower() == "true"
+        )
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._thread.start()
+
+    def _log(self, record):
+        if not self._event_log:
+            return
+        line = json.dumps(record) + "\n"
+        with self._log_lock, open(self._event_log, "a", encoding="utf-8") as f:
+            f.write(line)
+
+    def execute(self, requests):
+        for request in requests:
+            asyncio.run_coroutine_threadsafe(self._generate(request), self._loop)
+        return None
+
+    async def _generate(self, request):
+        sender = request.get_response_sender()
+        try:
+            await self._run(request, sender)
+        except Exception as exc:  # the stand-in must never leave a stream open
+            sender.send(
+                pb_utils.InferenceResponse(error=pb_utils.TritonError(f"scripted engine: {exc}")),
+                flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL,
+            )
+
+    async def _run(self, request, sender):
+        prompt = pb_utils.get_input_tensor_by_name(request, T.INPUT_IDS).as_numpy().reshape(-1)
+        prompt_len = int(_scalar(request, T.INPUT_LENGTHS, prompt.shape[0]))
+        prompt = prompt[:prompt_len]
+        max_tokens = int(_scalar(request, T.REQUEST_OUTPUT_LEN, 16))
+        end_id = int(_scalar(request, T.END_ID, -1))
+        streaming = bool(_scalar(request, T.STREAMING, False))
+        exclude_input = bool(
+            _scalar(request, T.EXCLUDE_INPUT_IN_OUTPUT, self._exclude_input_default)
+        )
+        want_log_probs = bool(_scalar(request, T.RETURN_LOG_PROBS, False))
+        stop_tensor = pb_utils.get_input_tensor_by_name(request, T.STOP_WORDS_LIST)
+        stops = T.from_word_list(stop_tensor.as_numpy()[0]) if stop_tensor is not None else []
+
+        plan = self._model.plan(prompt.tolist())
+        delay_s = (plan.delay_ms if plan.delay_ms is not None else self._delay_ms) / 1000.0
+        generated = []
+        log_probs = []
+        outcome = "eos"
+        final_sent = False
+        for position, token in enumerate(plan.tokens):
+            if request.is_cancelled():
+                outcome = "cancelled"
+                break
+            if token == end_id:
+                break
+            if len(generated) >= max_tokens:
+                outcome = "length"
+                break
+            await asyncio.sleep(delay_s)
+            generated.append(token)
+            # Deterministic stand-in for a log probability.
+            log_probs.append(-0.05 * (1 + position % 7))
+            done_length = len(generated) >= max_tokens
+            done_stop = ends_with_any(generated, stops)
+            if streaming:
+                final_sent = done_length or done_stop
+                sender.send(
+                    self._response([token], log_probs[-1:], want_log_probs),
+                    flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL if final_sent else 0,
+                )
+            if done_stop:
+                outcome = "stop_word"
+                break
+            if done_length:
+                outcome = "length"
+                break
+        # Never ask after the final response: Triton has released the request's factory.
+        if not final_sent and request.is_cancelled():
+            outcome = "cancelled"
+
+        if not streaming:
+            ids = generated if exclude_input else prompt.tolist() + generated
+            sender.send(
+                self._response(ids, log_probs, want_log_probs),
+                flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL,
+            )
+        elif not final_sent:
+            # EOS (and cancellation) end the stream with a flag-only final response.
+            sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        self._log(
+            {
+                "event": "request",
+                "request_id": request.request_id(),
+                "outcome": outcome,
+                "output_tokens": len(generated),
+                "prompt_tokens": int(prompt.shape[0]),
+            }
+        )
+
+    def _response(self, ids, log_probs, want_log_probs):
+        outputs = [
+            pb_utils.Tensor(T.OUTPUT_IDS, np.array([[ids]], dtype=np.int32).reshape(1, 1, -1)),
+            pb_utils.Tensor(T.SEQUENCE_LENGTH, np.array([[len(ids)]], dtype=np.int32)),
+        ]
+        if want_log_probs:
+            lp = np.array(log_probs, dtype=np.float32).reshape(1, 1, -1)
+            outputs.append(pb_utils.Tensor(T.OUTPUT_LOG_PROBS, lp))
+            outputs.append(
+                pb_utils.Tensor(T.CUM_LOG_PROBS, np.array([[lp.sum()]], dtype=np.float32))
+            )
+        return pb_utils.InferenceResponse(output_tensors=outputs)
+
+    def finalize(self):
+        loop = getattr(self, "_loop", None)
+        if loop is not None:
+            loop.call_soon_threadsafe(loop.stop)

@@ -1,0 +1,224 @@
+"""Run the ``tritonserver`` binary on a model repository and wait until it is ready.
+
+On a machine without a GPU the binary and the Python backend come from the
+``nvidia-pytriton`` wheel (Triton 2.51, CPU). Two needs of that setup:
+- the Python backend stub must load *this* interpreter's libpython, so LD_LIBRARY_PATH
+  starts with ``sysconfig.get_config_var("LIBDIR")`` (else it finds the system libpython);
+- ``--backend-directory`` must hold ``python/`` with libtriton_python.so, the utils module
+  and the stub built for this Python version; we assemble it from symlinks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from trtllm_stack.errors import UserError
+
+
+@dataclass(frozen=True)
+class CpuTriton:
+    binary: Path
+    backend_dir: Path
+    env: dict[str, str]
+
+
+@dataclass(frozen=True)
+class TritonEndpoints:
+    host: str
+    http_port: int
+    grpc_port: int
+    metrics_port: int
+
+    @property
+    def http_url(self) -> str:
+        return f"http://{self.host}:{self.http_port}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"{self.host}:{self.grpc_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{self.host}:{self.metrics_port}/metrics"
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def cpu_tritonserver(backend_root: Path | None = None) -> CpuTriton:
+    """The wheel's tritonserver, a backend directory for this Python, and the env it needs."""
+    try:
+        import pytriton
+    except ImportError:
+        raise UserError(
+            "no tritonserver: install the CPU stand-in with pip install 'trtllm-stack[cpu-triton]'"
+        ) from None
+    root = Path(pytriton.__file__).parent / "tritonserver"
+    binary = root / "bin" / "tritonserver"
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    stub = root / "python_backend_stubs" / version / "triton_python_backend_stub"
+    backend_src = root / "backends" / "python"
+    for path in (binary, stub, backend_src / "libtriton_python.so"):
+        if not path.exists():
+            raise UserError(f"nvidia-pytriton install is incomplete: {path} missing")
+    if backend_root is None:
+        backend_root = Path(tempfile.gettempdir()) / f"trtllm-stack-backends-py{version}"
+    python_dir = backend_root / "python"
+    python_dir.mkdir(parents=True, exist_ok=True)
+    for src in (
+        backend_src / "libtriton_python.so",
+        backend_src / "triton_python_backend_utils.py",
+        stub,
+    ):
+        link = python_dir / src.name
+        if not link.exists() or link.resolve() != src.resolve():
+            tmp = python_dir / f".{src.name}.{os.getpid()}"
+            tmp.unlink(missing_ok=True)
+            tmp.symlink_to(src)
+            tmp.replace(link)
+    libdir = sysconfig.get_config_var("LIBDIR") or ""
+    env = {
+        "LD_LIBRARY_PATH": os.pathsep.join(
+            p for p in (libdir, os.environ.get("LD_LIBRARY_PATH", "")) if p
+        ),
+        # The stub imports our package (scripted engine, pre/postprocessing).
+        "PYTHONPATH": os.pathsep.join(
+            p for p in (str(Path(__file__).parents[2]), os.environ.get("PYTHONPATH", "")) if p
+        ),
+    }
+    return CpuTriton(binary=binary, backend_dir=backend_root, env=env)
+
+
+class TritonServer:
+    """A tritonserver process on loopback; a context manager that never leaks it."""
+
+    def __init__(
+        self,
+        model_repository: Path,
+        *,
+        host: str = "127.0.0.1",
+        http_port: int = 0,
+        grpc_port: int = 0,
+        metrics_port: int = 0,
+        log_path: Path | None = None,
+        extra_args: Sequence[str] = (),
+    ) -> None:
+        self.model_repository = Path(model_repository)
+        self.host = host
+        self.endpoints = TritonEndpoints(
+            host,
+            http_port or free_port(host),
+            grpc_port or free_port(host),
+            metrics_port or free_port(host),
+        )
+        self.log_path = log_path
+        self.extra_args = list(extra_args)
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._log_file: BinaryIO | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    def command(self, cpu: CpuTriton) -> list[str]:
+        ep = self.endpoints
+        return [
+            str(cpu.binary),
+            f"--model-repository={self.model_repository}",
+            f"--backend-directory={cpu.backend_dir}",
+            f"--http-address={ep.host}",
+            f"--grpc-address={ep.host}",
+            f"--metrics-address={ep.host}",
+            f"--http-port={ep.http_port}",
+            f"--grpc-port={ep.grpc_port}",
+            f"--metrics-port={ep.metrics_port}",
+            "--disable-auto-complete-config",
+            "--exit-timeout-secs=5",
+            "--log-verbose=0",
+            *self.extra_args,
+        ]
+
+    def start(self, timeout: float = 120.0) -> TritonEndpoints:
+        cpu = cpu_tritonserver()
+        env = {**os.environ, **cpu.env}
+        if self.log_path is not None:
+            self._log_file = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        out = self._log_file or subprocess.DEVNULL
+        self._proc = subprocess.Popen(
+            self.command(cpu),
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: stop() reaches the stubs too
+        )
+        deadline = time.monotonic() + timeout
+        url = f"{self.endpoints.http_url}/v2/health/ready"
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                code = self._proc.returncode
+                self.stop()
+                raise UserError(
+                    f"tritonserver exited with code {code} during start-up{self._log_hint()}"
+                )
+            with (
+                contextlib.suppress(OSError, urllib.error.URLError),
+                urllib.request.urlopen(url, timeout=1) as resp,
+            ):
+                if resp.status == 200:
+                    return self.endpoints
+            time.sleep(0.2)
+        self.stop()
+        raise UserError(f"tritonserver not ready after {timeout:.0f}s{self._log_hint()}")
+
+    def _log_hint(self) -> str:
+        return f" (log: {self.log_path})" if self.log_path else ""
+
+    def _signal_group(self, sig: int) -> None:
+        if self._proc is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self._proc.pid, sig)
+
+    def stop(self, timeout: float = 15.0) -> None:
+        if self._proc is not None:
+            if self._proc.poll() is None:
+                self._signal_group(signal.SIGTERM)
+                try:
+                    self._proc.wait(timeout)
+                except subprocess.TimeoutExpired:
+                    self._signal_group(signal.SIGKILL)
+                    self._proc.wait()
+            # Python backend stubs may outlive the server by a moment; never leave them.
+            self._signal_group(signal.SIGKILL)
+            self._proc = None
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group (fault-injection tests)."""
+        self._signal_group(signal.SIGKILL)
+        if self._proc is not None:
+            self._proc.wait()
+
+    def __enter__(self) -> TritonEndpoints:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
