@@ -1,0 +1,189 @@
+"""``trtllm-stack proxy`` (the OpenAI-compatible server) and ``trtllm-stack demo`` (no GPU)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Any
+
+# flag -> ProxySettings field; every flag defaults to None so that TRTLLM_STACK_* env
+# variables and the built-in defaults apply when it is not given.
+_FLAGS: list[tuple[str, str, dict[str, Any], str]] = [
+    ("--triton-url", "triton_url", {}, "Triton gRPC address (default localhost:8001)"),
+    ("--triton-model", "triton_model", {}, "Triton model of the engine (default tensorrt_llm)"),
+    ("--model-name", "served_model_name", {}, "model id clients use (default qwen3)"),
+    ("--tokenizer-dir", "tokenizer_dir", {}, "tokenizer files (default: --engine-dir's)"),
+    ("--engine-dir", "engine_dir", {}, "engine directory; its tokenizer files are used"),
+    ("--host", "host", {}, "bind address (default 127.0.0.1; 0.0.0.0 opens it to the network)"),
+    ("--port", "port", {"type": int}, "port (default 9000)"),
+    ("--cors-origins", "cors_origins", {}, "comma-separated origins (default *; '' = off)"),
+    ("--max-in-flight", "max_in_flight", {"type": int}, "requests in flight before 429"),
+    ("--max-body-bytes", "max_body_bytes", {"type": int}, "request body limit (413)"),
+    ("--default-max-tokens", "default_max_tokens", {"type": int}, "when a request has none"),
+    ("--backend-timeout", "backend_timeout", {"type": float}, "seconds of backend silence"),
+    ("--log-level", "log_level", {}, "uvicorn log level (default info)"),
+]
+
+
+def _add_proxy_flags(p: argparse.ArgumentParser, *, demo: bool) -> None:
+    for flag, dest, extra, help_text in _FLAGS:
+        if demo and dest in {"triton_url", "triton_model", "engine_dir"}:
+            continue
+        p.add_argument(flag, dest=dest, default=None, help=help_text, **extra)
+    p.add_argument(
+        "--api-key-file",
+        default=None,
+        help="file holding the API key clients must send as Bearer (or env"
+        " TRTLLM_STACK_API_KEY); without one any key is accepted",
+    )
+    p.add_argument(
+        "--no-reasoning-parser",
+        dest="reasoning_parser",
+        action="store_false",
+        default=None,
+        help="leave <think>...</think> in content instead of reasoning_content",
+    )
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "proxy",
+        help="OpenAI-compatible API server in front of Triton",
+        description="Serve /v1/chat/completions, /v1/completions, /v1/models, /health,"
+        " /health/ready and /metrics over Triton's gRPC tensorrt_llm model. Every flag can"
+        " also be set as TRTLLM_STACK_<NAME> (e.g. TRTLLM_STACK_TRITON_URL).",
+    )
+    _add_proxy_flags(p, demo=False)
+    p.set_defaults(handler=run_proxy)
+
+    d = subparsers.add_parser(
+        "demo",
+        help="no-GPU quick start: scripted CPU engine + tritonserver + the proxy",
+        description="Builds a scripted-engine model repository in a temporary directory,"
+        " starts tritonserver (CPU) and the proxy, prints client examples; Ctrl-C stops all.",
+    )
+    _add_proxy_flags(d, demo=True)
+    d.add_argument(
+        "--token-delay-ms",
+        type=float,
+        default=20.0,
+        help="simulated time per generated token (default 20)",
+    )
+    d.set_defaults(handler=run_demo)
+
+
+def _settings(args: argparse.Namespace, **fixed: Any) -> Any:
+    from pydantic import ValidationError
+
+    from trtllm_stack.errors import UserError
+    from trtllm_stack.proxy.settings import ProxySettings
+
+    values = {dest: getattr(args, dest, None) for _, dest, _, _ in _FLAGS}
+    values["reasoning_parser"] = args.reasoning_parser
+    if args.api_key_file:
+        try:
+            values["api_key"] = open(args.api_key_file, encoding="utf-8").read().strip()  # noqa: SIM115
+        except OSError as exc:
+            raise UserError(f"cannot read --api-key-file: {exc.strerror}") from None
+        if not values["api_key"]:
+            raise UserError(f"--api-key-file {args.api_key_file} is empty")
+    values.update(fixed)
+    try:
+        return ProxySettings(**{k: v for k, v in values.items() if v is not None})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(p) for p in first.get("loc", ())) or "settings"
+        raise UserError(f"invalid {field}: {first.get('msg')}") from None
+
+
+def _serve(settings: Any) -> None:
+    import uvicorn
+
+    from trtllm_stack.proxy.app import create_app
+
+    app = create_app(settings)
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=5,
+        access_log=settings.log_level == "debug",
+    )
+
+
+def run_proxy(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    _serve(settings)
+    return 0
+
+
+def _demo_banner(base: str, model: str, key: str | None) -> str:
+    auth = f' -H "Authorization: Bearer {key}"' if key else ""
+    sdk_key = key or "sk-dummy"
+    return f"""
+trtllm-stack demo: scripted CPU engine (no GPU) behind tritonserver and the proxy.
+
+  curl -N {base}/v1/chat/completions{auth} -H 'Content-Type: application/json' \\
+    -d '{{"model": "{model}", "stream": true,
+         "messages": [{{"role": "user", "content": "Hello"}}]}}'
+
+  python - <<'EOF'
+from openai import OpenAI
+client = OpenAI(base_url="{base}/v1", api_key="{sdk_key}")
+stream = client.chat.completions.create(
+    model="{model}", stream=True,
+    messages=[{{"role": "user",
+               "content": "[reply]<think>\\nA greeting.\\n</think>\\n\\nHi![/reply]"}}],
+)
+for chunk in stream:
+    delta = chunk.choices[0].delta if chunk.choices else None
+    if delta and delta.content:
+        print(delta.content, end="", flush=True)
+print()
+EOF
+
+The scripted engine replies with a fixed text, or exactly the text between [reply] and
+[/reply] in your last message (tool calls and <think> included). Ctrl-C stops everything.
+"""
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from trtllm_stack.errors import UserError
+    from trtllm_stack.tokenizer import bundled_qwen3_tokenizer_dir
+    from trtllm_stack.triton.model_repo import ScriptedEngineOptions, write_model_repository
+    from trtllm_stack.triton.server import TritonServer
+
+    if args.token_delay_ms < 0:
+        raise UserError("--token-delay-ms must be >= 0")
+    tokenizer_dir = (
+        Path(args.tokenizer_dir) if args.tokenizer_dir else bundled_qwen3_tokenizer_dir()
+    )
+    base = Path(tempfile.mkdtemp(prefix="trtllm-stack-demo-"))
+    server: TritonServer | None = None
+    try:
+        print(f"building the scripted-engine model repository in {base} ...", flush=True)
+        repo = write_model_repository(
+            base / "repo",
+            engine="scripted",
+            tokenizer_dir=tokenizer_dir,
+            scripted=ScriptedEngineOptions(token_delay_ms=args.token_delay_ms),
+        )
+        server = TritonServer(repo, log_path=base / "tritonserver.log")
+        print("starting tritonserver (CPU) ...", flush=True)
+        endpoints = server.start()
+        settings = _settings(args, triton_url=endpoints.grpc_url, tokenizer_dir=tokenizer_dir)
+        host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
+        key = settings.api_key.get_secret_value() if settings.api_key else None
+        print(_demo_banner(f"http://{host}:{settings.port}", settings.served_model_name, key))
+        _serve(settings)
+    finally:
+        if server is not None:
+            server.stop()
+        if os.environ.get("TRTLLM_STACK_DEMO_KEEP") != "1":
+            shutil.rmtree(base, ignore_errors=True)
+    return 0
