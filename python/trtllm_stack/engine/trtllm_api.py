@@ -29,6 +29,11 @@ def installed_version() -> str | None:
         return None
 
 
+def same_release(found: str, expected: str) -> bool:
+    """``1.1.0`` matches ``1.1.0`` and a local build tag such as ``1.1.0+cu13`` (PEP 440)."""
+    return found.split("+", 1)[0] == expected
+
+
 def require_version(expected: str) -> str:
     found = installed_version()
     if found is None:
@@ -36,7 +41,7 @@ def require_version(expected: str) -> str:
             f"TensorRT-LLM is not installed; the engine build needs tensorrt-llm=={expected}"
             " (pip install 'trtllm-stack[build]' on a machine with an NVIDIA GPU)"
         )
-    if found != expected:
+    if not same_release(found, expected):
         raise UserError(
             f"TensorRT-LLM {found} is installed but the server runs {expected}"
             " (variants.toml [runtime].tensorrt_llm_version): an engine only loads in the"

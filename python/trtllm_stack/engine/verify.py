@@ -159,7 +159,7 @@ def _check_config(
             else ""
         )
         bad(f"config.json version: expected {expected_version!r}, found none{legacy}")
-    elif version != expected_version:
+    elif not isinstance(version, str) or version.split("+", 1)[0] != expected_version:
         bad(
             f"config.json version: expected {expected_version!r} (the TensorRT-LLM the server"
             f" runs), found {version!r}"

@@ -90,3 +90,10 @@ def test_build_engine_without_tensorrt_llm_says_so(tmp_path, capsys):
         in (capsys.readouterr().err)
     )
     assert list(tmp_path.iterdir()) == []
+
+
+def test_version_check_accepts_local_tag_only_of_the_same_release():
+    assert trtllm_api.same_release("1.1.0", "1.1.0")
+    assert trtllm_api.same_release("1.1.0+cu13", "1.1.0")
+    assert not trtllm_api.same_release("1.1.0rc5", "1.1.0")
+    assert not trtllm_api.same_release("1.2.0", "1.1.0")
