@@ -156,4 +156,7 @@ def test_not_a_directory(tmp_path):
 
 def test_local_build_tag_of_the_same_release_passes(tmp_path):
     config = engine_config(NVFP4_TP1, version="1.1.0+cu13")
-    assert problems(make_engine_dir(tmp_path / "e", NVFP4_TP1, config=config), NVFP4_TP1) == []
+    assert (
+        problems(make_engine_dir(tmp_path / "e", NVFP4_TP1, config=config), NVFP4_TP1)
+        == []
+    )
