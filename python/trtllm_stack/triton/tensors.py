@@ -201,9 +201,8 @@ def decode_engine_outputs(
     log_probs: list[float] | None = None
     if want_log_probs:
         lp = as_numpy(OUTPUT_LOG_PROBS)
+        # Aligned with output_ids: the first n positions of beam 0 are this response's.
         log_probs = (
-            lp.reshape(-1, lp.shape[-1])[0][-len(tokens) :].tolist()
-            if lp is not None and lp.size and tokens
-            else []
+            lp.reshape(-1, lp.shape[-1])[0][:n].tolist() if lp is not None and lp.size else []
         )
     return EngineChunk(tokens, log_probs, final)
