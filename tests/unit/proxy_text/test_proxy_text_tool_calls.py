@@ -112,6 +112,11 @@ CASES = [
         [],
     ),
     (
+        '<tool_call>{"name": "search", "arguments": {"x": NaN}}</tool_call>',
+        '<tool_call>{"name": "search", "arguments": {"x": NaN}}</tool_call>',
+        [],
+    ),
+    (
         f"{WEATHER}\n<tool_call>not json</tool_call>",
         "\n<tool_call>not json</tool_call>",
         [("get_weather", WEATHER_ARGS)],

@@ -58,10 +58,15 @@ def new_call_id() -> str:
     return "call_" + uuid.uuid4().hex[:24]
 
 
+def _reject_constant(name: str) -> float:
+    # NaN/Infinity are not JSON; clients would choke on arguments containing them.
+    raise ValueError(name)
+
+
 def validate_block(inner: str, tool_names: Collection[str] | None) -> tuple[str, str] | None:
     """``(name, arguments JSON)`` for a valid block body, else None."""
     try:
-        obj = json.loads(inner)
+        obj = json.loads(inner, parse_constant=_reject_constant)
     except (ValueError, RecursionError):
         return None
     if not isinstance(obj, dict):
@@ -75,7 +80,7 @@ def validate_block(inner: str, tool_names: Collection[str] | None) -> tuple[str,
     if isinstance(args, str):
         # Some models double-encode; accept a string only if it is a JSON object.
         try:
-            if not isinstance(json.loads(args), dict):
+            if not isinstance(json.loads(args, parse_constant=_reject_constant), dict):
                 return None
         except (ValueError, RecursionError):
             return None
