@@ -79,9 +79,7 @@ def triton_factory(
         unknown = set(kwargs) - names
         if unknown:
             raise TypeError(f"unknown scripted engine options: {sorted(unknown)}")
-        running = _start(
-            tmp_path_factory.mktemp("triton-f"), ScriptedEngineOptions(**kwargs)
-        )  # type: ignore[arg-type]
+        running = _start(tmp_path_factory.mktemp("triton-f"), ScriptedEngineOptions(**kwargs))  # type: ignore[arg-type]
         started.append(running)
         return running
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import tomllib
 
 import pytest
+
 from trtllm_stack.errors import UserError
 from trtllm_stack.variants import load_table, packaged_table_path, parse_table
 
@@ -21,9 +22,7 @@ def test_seed_values_for_nvfp4():
     assert [rows[t].max_seq_len for t in (1, 2, 4)] == [16384, 24576, 32768]
     assert {rows[t].max_num_tokens for t in (1, 2, 4)} == {8192}
     assert rows[1].checkpoint.repo == "nvidia/Qwen3-32B-NVFP4"
-    assert {
-        v.checkpoint.gpu_arch for v in table.variants if v.quantization == "FP8"
-    } == {"hopper"}
+    assert {v.checkpoint.gpu_arch for v in table.variants if v.quantization == "FP8"} == {"hopper"}
 
 
 def test_names_users_type():
@@ -74,9 +73,7 @@ def test_unknown_variant_lists_known_ones():
             r"#7: name 'qwen3-32b-nvfp4-tp1' repeats entry #1",
         ),
         (
-            lambda d: d["models"]["qwen3-32b"]["checkpoints"]["NVFP4"].update(
-                gpu_arch="ampere"
-            ),
+            lambda d: d["models"]["qwen3-32b"]["checkpoints"]["NVFP4"].update(gpu_arch="ampere"),
             r"gpu_arch must be one of",
         ),
         (lambda d: d.update(schema=2), r"unsupported schema 2"),

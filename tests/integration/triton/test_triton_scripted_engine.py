@@ -8,6 +8,7 @@ import json
 import urllib.request
 
 import pytest
+
 from trtllm_stack.tokenizer import load_tokenizer
 from trtllm_stack.triton.client import EngineClient
 from trtllm_stack.triton.tensors import EngineRequest
@@ -53,9 +54,7 @@ async def test_streams_one_token_per_response_and_ends_at_eos(triton, tok):
 
 async def test_final_flag_on_last_token_at_max_tokens(triton, tok):
     client = EngineClient(triton.endpoints.grpc_url)
-    chunks = await collect(
-        client, EngineRequest(prompt_ids(tok, "tell me"), 5, EOS, PAD)
-    )
+    chunks = await collect(client, EngineRequest(prompt_ids(tok, "tell me"), 5, EOS, PAD))
     await client.close()
     assert len(chunks) == 5
     assert all(len(c.token_ids) == 1 for c in chunks)
@@ -86,9 +85,7 @@ async def test_non_streaming_and_exclude_input_in_output(triton, tok):
     only_new = await collect(client, EngineRequest(ids, 64, EOS, PAD, streaming=False))
     with_input = await collect(
         client,
-        EngineRequest(
-            ids, 64, EOS, PAD, streaming=False, exclude_input_in_output=False
-        ),
+        EngineRequest(ids, 64, EOS, PAD, streaming=False, exclude_input_in_output=False),
     )
     await client.close()
     assert len(only_new) == 1 and only_new[0].final
@@ -100,9 +97,7 @@ async def test_log_probs_returned_when_asked(triton, tok):
     client = EngineClient(triton.endpoints.grpc_url)
     chunks = await collect(
         client,
-        EngineRequest(
-            prompt_ids(tok, "[reply]a b c[/reply]"), 8, EOS, PAD, return_log_probs=True
-        ),
+        EngineRequest(prompt_ids(tok, "[reply]a b c[/reply]"), 8, EOS, PAD, return_log_probs=True),
     )
     await client.close()
     token_chunks = [c for c in chunks if c.token_ids]
@@ -113,19 +108,14 @@ async def test_log_probs_returned_when_asked(triton, tok):
 async def test_64_concurrent_streams_all_complete(triton, tok):
     client = EngineClient(triton.endpoints.grpc_url)
     reqs = [
-        EngineRequest(
-            prompt_ids(tok, f"[reply]stream number {i} done[/reply]"), 32, EOS, PAD
-        )
+        EngineRequest(prompt_ids(tok, f"[reply]stream number {i} done[/reply]"), 32, EOS, PAD)
         for i in range(64)
     ]
     results = await asyncio.gather(*(collect(client, r) for r in reqs))
     await client.close()
     for i, chunks in enumerate(results):
         assert chunks[-1].final
-        assert (
-            tok.decode([t for c in chunks for t in c.token_ids])
-            == f"stream number {i} done"
-        )
+        assert tok.decode([t for c in chunks for t in c.token_ids]) == f"stream number {i} done"
 
 
 async def test_cancelled_stream_is_seen_by_the_engine(triton_factory, tok):
@@ -140,9 +130,7 @@ async def test_cancelled_stream_is_seen_by_the_engine(triton_factory, tok):
     await client.close()
     assert all(len(c.token_ids) == 1 for c in got)
     for _ in range(50):
-        done = [
-            e for e in events(running.event_log) if e.get("request_id") == "cancel-me"
-        ]
+        done = [e for e in events(running.event_log) if e.get("request_id") == "cancel-me"]
         if done:
             break
         await asyncio.sleep(0.1)
@@ -173,15 +161,15 @@ def test_ensemble_generate_text_in_text_out(triton):
 
 
 def test_ensemble_generate_stream_is_utf8_safe(triton):
-    prompt = "<|im_start|>user\n[reply]emoji 🎉🧪 and 中文[/reply]<|im_end|>\n<|im_start|>assistant\n"
+    prompt = (
+        "<|im_start|>user\n[reply]emoji 🎉🧪 and 中文[/reply]<|im_end|>\n<|im_start|>assistant\n"
+    )
     raw = _post(
         f"{triton.endpoints.http_url}/v2/models/ensemble/generate_stream",
         {"id": "utf8-stream", "text_input": prompt, "max_tokens": 32, "stream": True},
     ).decode()
     pieces = [
-        json.loads(line[5:])["text_output"]
-        for line in raw.splitlines()
-        if line.startswith("data:")
+        json.loads(line[5:])["text_output"] for line in raw.splitlines() if line.startswith("data:")
     ]
     assert len(pieces) > 3  # really streamed
     assert "\ufffd" not in "".join(pieces)

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
+
 from trtllm_stack.errors import UserError
 from trtllm_stack.triton import tensors as T
 from trtllm_stack.triton.model_repo import (
@@ -44,27 +45,19 @@ def engine_dir(tmp_path: Path) -> Path:
 
 
 def test_fill_template_names_every_missing_key():
-    with pytest.raises(
-        UserError, match=r"tensorrt_llm: no value for template key\(s\): a, b"
-    ):
+    with pytest.raises(UserError, match=r"tensorrt_llm: no value for template key\(s\): a, b"):
         fill_template("x ${a} ${b} ${c}", {"c": "1"}, "tensorrt_llm")
     assert fill_template("${a}-${a}", {"a": "v"}, "m") == "v-v"
 
 
 @pytest.mark.parametrize("engine", ["scripted", "real"])
-def test_every_config_parses_as_triton_model_config(
-    engine, engine_dir, qwen3_tokenizer_dir
-):
+def test_every_config_parses_as_triton_model_config(engine, engine_dir, qwen3_tokenizer_dir):
     files = render_repository(
         engine="scripted" if engine == "scripted" else engine_dir,
         tokenizer_dir=qwen3_tokenizer_dir,
         variant=load_table().get("qwen3-32b-nvfp4-tp2"),
     )
-    configs = {
-        p.split("/")[0]: parse(t)
-        for p, t in files.items()
-        if p.endswith("config.pbtxt")
-    }
+    configs = {p.split("/")[0]: parse(t) for p, t in files.items() if p.endswith("config.pbtxt")}
     assert set(configs) == {
         "tensorrt_llm",
         "preprocessing",
@@ -95,9 +88,7 @@ def test_every_config_parses_as_triton_model_config(
     ]
 
 
-def test_scripted_engine_has_exactly_the_real_engines_interface(
-    engine_dir, qwen3_tokenizer_dir
-):
+def test_scripted_engine_has_exactly_the_real_engines_interface(engine_dir, qwen3_tokenizer_dir):
     real = parse(
         render_repository(engine=engine_dir, tokenizer_dir=qwen3_tokenizer_dir)[
             "tensorrt_llm/config.pbtxt"
@@ -114,9 +105,7 @@ def test_scripted_engine_has_exactly_the_real_engines_interface(
     # The tensors our clients send exist, with the dtype we send them in.
     for name, wire in T.WIRE_DTYPES.items():
         if name in names:
-            assert (
-                model_config_pb2.DataType.Name(names[name].data_type) == f"TYPE_{wire}"
-            )
+            assert model_config_pb2.DataType.Name(names[name].data_type) == f"TYPE_{wire}"
     assert {
         T.INPUT_IDS,
         T.INPUT_LENGTHS,
@@ -136,8 +125,7 @@ def test_scripted_options_reach_the_engine(tmp_path, qwen3_tokenizer_dir):
         ),
     )
     params = {
-        k: v.string_value
-        for k, v in parse(files["tensorrt_llm/config.pbtxt"]).parameters.items()
+        k: v.string_value for k, v in parse(files["tensorrt_llm/config.pbtxt"]).parameters.items()
     }
     assert params["scripted_token_delay_ms"] == "12.5"
     assert params["scripted_default_reply_tokens"] == "7"
@@ -151,13 +139,9 @@ def test_write_is_atomic_and_refuses_to_overwrite(tmp_path, qwen3_tokenizer_dir)
     marker = out / "marker"
     marker.write_text("keep")
     with pytest.raises(UserError, match="not empty; pass --force"):
-        write_model_repository(
-            out, engine="scripted", tokenizer_dir=qwen3_tokenizer_dir
-        )
+        write_model_repository(out, engine="scripted", tokenizer_dir=qwen3_tokenizer_dir)
     assert marker.read_text() == "keep"
-    write_model_repository(
-        out, engine="scripted", tokenizer_dir=qwen3_tokenizer_dir, force=True
-    )
+    write_model_repository(out, engine="scripted", tokenizer_dir=qwen3_tokenizer_dir, force=True)
     assert not marker.exists()
     # No temp or backup directories left beside the target.
     assert sorted(p.name for p in tmp_path.iterdir()) == ["repo"]
@@ -194,6 +178,7 @@ def test_cli_errors_are_one_line(tmp_path):
         timeout=60,
     )
     assert proc.returncode == 2
+    missing = tmp_path / "none"
     assert proc.stderr.strip().splitlines() == [
-        f"trtllm-stack model-repo: engine '{tmp_path / 'none'}' is neither 'scripted' nor a directory"
+        f"trtllm-stack model-repo: engine '{missing}' is neither 'scripted' nor a directory"
     ]

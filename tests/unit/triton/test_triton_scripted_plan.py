@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from tokenizers import Tokenizer
+
 from trtllm_stack.triton.scripted import DEFAULT_TEXT, ScriptedModel, ends_with_any
 
 
@@ -13,9 +14,7 @@ def tok(qwen3_tokenizer_dir):
 
 
 def chat(tok, *turns: tuple[str, str]) -> list[int]:
-    text = "".join(
-        f"<|im_start|>{role}\n{content}<|im_end|>\n" for role, content in turns
-    )
+    text = "".join(f"<|im_start|>{role}\n{content}<|im_end|>\n" for role, content in turns)
     return tok.encode(text + "<|im_start|>assistant\n", add_special_tokens=False).ids
 
 
@@ -24,9 +23,7 @@ def test_reply_directive_emits_exact_tokens_including_special_ones(tok):
     reply = "<think>\nhmm\n</think>\n\n<tool_call>\n{}\n</tool_call>"
     plan = model.plan(chat(tok, ("user", f"please [reply]{reply}[/reply]")))
     assert plan.tokens == tok.encode(reply, add_special_tokens=False).ids
-    assert (
-        tok.token_to_id("<think>") in plan.tokens
-    )  # the real special token, not text pieces
+    assert tok.token_to_id("<think>") in plan.tokens  # the real special token, not text pieces
     assert plan.delay_ms is None
 
 

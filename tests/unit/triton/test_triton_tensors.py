@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
+
 from trtllm_stack.triton import tensors as T
 from trtllm_stack.triton.client import build_request, parse_response
 
@@ -41,10 +42,7 @@ def test_protobuf_request_and_response_round_trip():
     req = T.EngineRequest([11, 12], 4, end_id=1, pad_id=0, return_log_probs=True)
     msg = build_request(req, "tensorrt_llm", "rid")
     assert msg.id == "rid" and msg.parameters[T.EMPTY_FINAL_RESPONSE_PARAM].bool_param
-    by_name = {
-        t.name: (t, raw)
-        for t, raw in zip(msg.inputs, msg.raw_input_contents, strict=True)
-    }
+    by_name = {t.name: (t, raw) for t, raw in zip(msg.inputs, msg.raw_input_contents, strict=True)}
     tensor, raw = by_name[T.INPUT_IDS]
     assert tensor.datatype == "INT32" and list(tensor.shape) == [1, 2]
     assert np.frombuffer(raw, np.int32).tolist() == [11, 12]
