@@ -7,6 +7,7 @@ import itertools
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from trtllm_stack.proxy.detokenizer import IncrementalDetokenizer
 from trtllm_stack.tokenizer import bundled_qwen3_tokenizer_dir, load_tokenizer
 
@@ -131,3 +132,13 @@ def test_generic_window_fallback_matches_decode_on_valid_text(
     ids = TOK.encode(text)
     pieces = run(ids, data.draw(split_points(len(ids))), use_byte_table=False)
     assert "".join(pieces) == TOK.decode(ids)
+
+
+@pytest.mark.parametrize("skip", [True, False])
+def test_every_added_token_decodes_like_the_tokenizer(skip: bool) -> None:
+    added = sorted(TOK.added_tokens_decoder)
+    assert len(added) > 20
+    for idx in added:
+        assert "".join(run([idx, 40, idx], [1, 2], skip_special_tokens=skip)) == TOK.decode(
+            [idx, 40, idx], skip_special_tokens=skip
+        ), idx

@@ -7,6 +7,7 @@ import itertools
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from trtllm_stack.proxy.parsers.reasoning import Qwen3ReasoningParser, split_reasoning
 
 

@@ -8,6 +8,7 @@ import json
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from trtllm_stack.proxy.parsers.tool_calls import (
     Qwen3ToolCallParser,
     ToolCallDelta,
