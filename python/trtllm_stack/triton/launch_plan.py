@@ -15,6 +15,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import shlex
 import shutil
 import socket
@@ -487,15 +488,18 @@ def format_command(argv: Sequence[str], env: Mapping[str, str]) -> str:
     return " ".join([*prefix, *(shlex.quote(a) for a in argv)])
 
 
+_OUTPUT_TAG = re.compile(r"\[\d+,(\d+)\]<std(?:out|err|diag)>:")
+
+
 def rank_of_tagged_line(line: str) -> tuple[int | None, str]:
-    """Split an ``--tag-output`` line ``[1,3]<stderr>:text`` into (3, "text")."""
-    if line.startswith("[") and "]<" in line:
-        head, _, rest = line.partition("]<")
-        _, _, rank_text = head.partition(",")
-        stream_end = rest.find(">:")
-        if rank_text.isdigit() and stream_end != -1:
-            return int(rank_text), rest[stream_end + 2 :]
-    return None, line
+    """Split an ``--tag-output`` line ``[1,3]<stderr>:text`` into (3, "text").
+
+    mpirun tags every write, so a line written in pieces carries tags inside; they go too.
+    """
+    m = _OUTPUT_TAG.match(line)
+    if m is None:
+        return None, line
+    return int(m.group(1)), _OUTPUT_TAG.sub("", line[m.end() :])
 
 
 def default_runtime_dir(environ: Mapping[str, str] | None = None) -> Path:

@@ -7,6 +7,7 @@ import socket
 from pathlib import Path
 
 import pytest
+
 from trtllm_stack.errors import UserError
 from trtllm_stack.triton.launch_plan import (
     NCCL_PCIE_DEFAULTS,
@@ -429,6 +430,10 @@ def test_format_command_is_shell_quoted() -> None:
     [
         ("[1,0]<stdout>:I1123 server.cc:1] ok", (0, "I1123 server.cc:1] ok")),
         ("[1,12]<stderr>:E boom: x", (12, "E boom: x")),
+        (
+            "[1,1]<stderr>:error: [1,1]<stderr>:creating server[1,1]<stderr>:: x",
+            (1, "error: creating server: x"),
+        ),
         (
             "mpirun noticed that process rank 1",
             (None, "mpirun noticed that process rank 1"),
