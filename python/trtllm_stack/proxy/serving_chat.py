@@ -230,6 +230,7 @@ class ChatService:
             pump = ctx.start(plan.engine_req, plan.request_id)
             if not body.stream:
                 result = await until_disconnect(request, self._aggregate(plan, pump, lease))
+                _abandon(pump, lease)
                 return json_response(200, result)
             # Wait for the first chunk before answering so that a backend that is down gives
             # a proper 503 instead of a 200 stream carrying an error.

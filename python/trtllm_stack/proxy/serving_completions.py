@@ -113,6 +113,7 @@ class CompletionService:
             pump = ctx.start(plan.engine_req, plan.request_id)
             if not body.stream:
                 result = await until_disconnect(request, self._aggregate(plan, pump, lease))
+                _abandon(pump, lease)
                 return json_response(200, result)
             first = await until_disconnect(request, pump.next_batch())
         except ClientGone:
