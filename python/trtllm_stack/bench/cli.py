@@ -156,7 +156,8 @@ def register(subparsers: Any) -> None:
         action="append",
         default=[],
         metavar="NAME=PID",
-        help="record this process's CPU time per level (/proc/PID/stat) and CPU us per token",
+        help="record the CPU time of this process and its children per level (/proc) and"
+        " CPU microseconds per output token",
     )
     out.add_argument(
         "-o",

@@ -154,7 +154,20 @@ def write_atomic(path: Path, data: bytes) -> None:
 
 
 def write_json(path: Path, result: dict[str, Any]) -> None:
-    write_atomic(path, (json.dumps(result, indent=1, allow_nan=False) + "\n").encode())
+    """Indented, except one line per request record (files stay small and diffable)."""
+    records: list[list[dict[str, Any]]] = []
+    skeleton = {**result, "targets": []}
+    for t in result["targets"]:
+        levels = []
+        for lv in t["levels"]:
+            levels.append({**lv, "records": f"@@records{len(records)}@@"})
+            records.append(lv["records"])
+        skeleton["targets"].append({**t, "levels": levels})
+    text = json.dumps(skeleton, indent=1, allow_nan=False)
+    for i, recs in enumerate(records):
+        lines = ",\n".join(json.dumps(r, separators=(",", ":"), allow_nan=False) for r in recs)
+        text = text.replace(f'"@@records{i}@@"', f"[\n{lines}\n]" if recs else "[]", 1)
+    write_atomic(path, (text + "\n").encode())
 
 
 def load_result(path: Path) -> dict[str, Any]:

@@ -91,19 +91,51 @@ class LevelRun:
 
 def process_cpu_seconds(pid: int) -> float:
     """utime + stime of a process (all its threads) from /proc/PID/stat."""
+    return _read_stat(pid)[1]
+
+
+def _read_stat(pid: int) -> tuple[int, float]:
+    """(parent pid, utime + stime in seconds) from /proc/PID/stat."""
     with open(f"/proc/{pid}/stat", "rb") as f:
         stat = f.read()
     # fields after the command name, which may itself contain spaces and parentheses
     fields = stat[stat.rindex(b")") + 2 :].split()
     ticks = int(fields[11]) + int(fields[12])  # fields 14 and 15 of proc(5)
-    return ticks / os.sysconf("SC_CLK_TCK")
+    return int(fields[1]), ticks / os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu_seconds(root: int) -> float:
+    """CPU seconds of a process and its live descendants (tritonserver runs its Python
+    models in child stub processes; their CPU is the server's too)."""
+    parents: dict[int, int] = {}
+    cpu: dict[int, float] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid, seconds = _read_stat(int(entry.name))
+        except (OSError, ValueError, IndexError):
+            continue  # exited meanwhile
+        parents[int(entry.name)] = ppid
+        cpu[int(entry.name)] = seconds
+    if root not in cpu:
+        raise ProcessLookupError(root)
+    children: dict[int, list[int]] = {}
+    for pid, ppid in parents.items():
+        children.setdefault(ppid, []).append(pid)
+    total, stack = 0.0, [root]
+    while stack:
+        pid = stack.pop()
+        total += cpu.get(pid, 0.0)
+        stack.extend(children.get(pid, ()))
+    return total
 
 
 def _cpu_snapshot(pids: dict[str, int]) -> dict[str, float]:
     snap = {}
     for name, pid in pids.items():
         with contextlib.suppress(OSError, ValueError, IndexError):
-            snap[name] = process_cpu_seconds(pid)
+            snap[name] = tree_cpu_seconds(pid)
     return snap
 
 
