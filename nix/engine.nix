@@ -52,7 +52,7 @@ stdenvNoCC.mkDerivation {
     # ngc-run binds /nix read-only.
     ngc-run python3 -m trtllm_stack build-engine --variant "$variantName" \
       --out "$TMPDIR/engine" $checkpointArgs
-    ngc-run python3 -m trtllm_stack verify-engine "$TMPDIR/engine"
+    ngc-run python3 -m trtllm_stack verify-engine --variant "$variantName" "$TMPDIR/engine"
     mv "$TMPDIR/engine" "$out"
   '';
   passthru = {
