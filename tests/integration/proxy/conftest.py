@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -10,7 +9,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import uvicorn
 from trtllm_stack.proxy.app import create_app
@@ -74,30 +72,3 @@ def proxy_factory(qwen3_tokenizer_dir) -> Iterator[Callable[..., RunningProxy]]:
     yield start
     for running in started:
         running.stop()
-
-
-def read_events(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def wait_for_event(
-    path: Path, predicate: Callable[[dict[str, Any]], bool], timeout: float = 10.0
-) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for ev in read_events(path):
-            if predicate(ev):
-                return ev
-        time.sleep(0.05)
-    raise AssertionError(f"no matching event in {path} after {timeout} s")
-
-
-def sse_events(response: httpx.Response) -> list[str]:
-    """The data fields of an SSE response, in order (raw strings)."""
-    return [
-        block[len("data: ") :]
-        for block in response.text.split("\n\n")
-        if block.startswith("data: ")
-    ]

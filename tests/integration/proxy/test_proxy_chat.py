@@ -8,7 +8,7 @@ import json
 import httpx
 import openai
 import pytest
-from conftest import sse_events, wait_for_event
+from proxy_helpers import sse_events, wait_for_event
 from trtllm_stack.tokenizer import load_tokenizer
 
 pytestmark = pytest.mark.integration
