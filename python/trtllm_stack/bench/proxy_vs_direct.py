@@ -42,6 +42,7 @@ def running_stack(
     token_delay_ms: float = 0.0,
     default_reply_tokens: int = 512,
     proxy_args: Sequence[str] = (),
+    event_log: Path | None = None,
 ) -> Iterator[Stack]:
     """tritonserver with the scripted engine and the proxy in front of it; both stopped
     on exit (also on errors and Ctrl-C)."""
@@ -56,7 +57,9 @@ def running_stack(
         engine="scripted",
         tokenizer_dir=bundled_qwen3_tokenizer_dir(),
         scripted=ScriptedEngineOptions(
-            token_delay_ms=token_delay_ms, default_reply_tokens=default_reply_tokens
+            token_delay_ms=token_delay_ms,
+            default_reply_tokens=default_reply_tokens,
+            event_log=event_log,
         ),
         force=True,
     )
