@@ -318,11 +318,12 @@ class TritonLaunch:
             if s:
                 rank, exit_code = int(s.group(1)), 128 + int(s.group(2))
         if exit_code is None:
-            exit_code = code if code not in (None, 0) else 1
+            # Popen reports death by signal N as -N; shells say 128 + N.
+            exit_code = 1 if code in (None, 0) else (128 - code if code < 0 else code)
         if rank is None and self.world_size == 1 and code not in (None, 0):
             rank = 0
         if rank is None:
-            reason = f"mpirun exited with code {code}" if code is not None else "launch ended"
+            reason = f"mpirun exited with code {exit_code}" if code is not None else "launch ended"
         else:
             reason = f"rank {rank} exited with code {exit_code}"
             if exit_code > 128:
