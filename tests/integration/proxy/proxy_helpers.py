@@ -18,15 +18,21 @@ def read_events(path: Path) -> list[dict[str, Any]]:
 
 
 def wait_for_event(
-    path: Path, predicate: Callable[[dict[str, Any]], bool], timeout: float = 10.0
+    path: Path,
+    predicate: Callable[[dict[str, Any]], bool],
+    timeout: float = 10.0,
+    count: int = 1,
 ) -> dict[str, Any]:
+    """The ``count``-th event matching ``predicate`` (waits for it)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        for ev in read_events(path):
-            if predicate(ev):
-                return ev
+        matching = [ev for ev in read_events(path) if predicate(ev)]
+        if len(matching) >= count:
+            return matching[count - 1]
         time.sleep(0.05)
-    raise AssertionError(f"no matching event in {path} after {timeout} s")
+    raise AssertionError(
+        f"fewer than {count} matching events in {path} after {timeout} s"
+    )
 
 
 def sse_events(response: httpx.Response) -> list[str]:

@@ -427,6 +427,20 @@ def test_client_disconnect_cancels_triton_request(triton_factory, proxy_factory)
     ctx = running.app.state.ctx
     wait_until(lambda: ctx.in_flight == 0)
 
+    # A non-stream client that gives up is noticed too.
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(
+            running.v1 + "/chat/completions",
+            json={**body, "stream": False},
+            timeout=1.0,
+        )
+    wait_for_event(
+        slow.event_log,
+        lambda e: e.get("event") == "request" and e.get("outcome") == "cancelled",
+        count=2,
+    )
+    wait_until(lambda: ctx.in_flight == 0)
+
 
 def test_backend_down_gives_503(proxy_factory):
     from trtllm_stack.triton.server import free_port
