@@ -205,10 +205,10 @@ async def stream_reply(grpc_url: str, tok, reply: str) -> list:
         await client.close()
 
 
-def stop_and_check_clean(launched: Launched) -> None:
+def stop_and_check_clean(launched: Launched, sig: int = signal.SIGTERM) -> None:
     tree = launched.snapshot_tree()
     assert tree, "no processes under the launcher"
-    launched.proc.send_signal(signal.SIGTERM)
+    launched.proc.send_signal(sig)
     assert launched.proc.wait(60) == 0, launched.stderr_text()
     assert still_running(tree) == []
     assert all(port_free(p) for p in launched.ports)
@@ -257,7 +257,8 @@ async def test_user_nccl_values_and_p2p_switch_reach_every_rank(launcher) -> Non
             "NCCL_SHM_DISABLE": "0",
             "NCCL_P2P_DISABLE": "1",
         }
-    stop_and_check_clean(launched)
+    # Ctrl-C in a terminal: SIGINT to the launcher only (the ranks run in their own session)
+    stop_and_check_clean(launched, signal.SIGINT)
 
 
 def test_a_dying_rank_takes_the_launch_down_with_its_code(launcher) -> None:
