@@ -124,27 +124,25 @@ class PromptFactory:
         """Text that encodes to exactly ``n`` tokens (the text tokenizes on its own,
         so cuts are adjusted until decode -> encode round-trips to ``n``)."""
         corpus = self._ids
-        while len(corpus) < n + 1:
+        while len(corpus) < n + 16:
             corpus = corpus + corpus
-        offset = self._rng.randrange(0, len(corpus) - n)
-        want = n
-        text = ""
-        for _ in range(8):
-            text = self.tokenizer.decode(corpus[offset : offset + want])
-            got = len(self.tokenizer.encode(text, add_special_tokens=False))
-            if got == n:
+        encode = self.tokenizer.encode
+        for _ in range(20):
+            offset = self._rng.randrange(0, len(corpus) - n - 8)
+            want = n
+            for _ in range(6):
+                text = self.tokenizer.decode(corpus[offset : offset + want])
+                got = len(encode(text, add_special_tokens=False))
+                if got == n:
+                    return text
+                want = max(1, min(want + (n - got), len(corpus) - offset))
+        # a cut that never round-trips (runs of digits or whitespace merge differently):
+        # trim characters off a slightly longer text until it encodes to n tokens
+        text = self.tokenizer.decode(corpus[offset : offset + n + 8])
+        while text:
+            if len(encode(text, add_special_tokens=False)) == n:
                 return text
-            want = max(1, want + (n - got))
-            if offset + want > len(corpus):
-                offset = max(0, len(corpus) - want)
-        # rare: re-encode and cut the ids themselves; a cut mid-word may merge, so
-        # step back by one token until it round-trips (always ends: one token is exact
-        # unless decode is lossy, handled by the final fallback)
-        ids = self.tokenizer.encode(text, add_special_tokens=False)[:n]
-        for k in range(len(ids), 0, -1):
-            text = self.tokenizer.decode(ids[:k])
-            if len(self.tokenizer.encode(text, add_special_tokens=False)) == n:
-                return text
+            text = text[:-1]
         raise UserError(f"cannot build a prompt of exactly {n} tokens from the corpus")
 
     def chat_ids(self, prompt: str) -> tuple[int, ...]:
