@@ -80,9 +80,40 @@ def _response_getter(
 def parse_response(
     resp: service_pb2.ModelInferResponse, want_log_probs: bool = False
 ) -> T.EngineChunk:
+    """Beam 0 of one response, straight from the raw bytes (this runs once per token).
+
+    Same result as ``T.decode_engine_outputs`` over numpy views, at a fraction of the cost:
+    no dict, no numpy, just memoryview casts of the two or three small tensors we read.
+    """
     param = resp.parameters.get(T.FINAL_RESPONSE_PARAM)
     final = bool(param.bool_param) if param is not None else False
-    return T.decode_engine_outputs(_response_getter(resp), final, want_log_probs)
+    ids_i = seq_i = lp_i = -1
+    for i, out in enumerate(resp.outputs):
+        name = out.name
+        if name == T.OUTPUT_IDS:
+            ids_i = i
+        elif name == T.SEQUENCE_LENGTH:
+            seq_i = i
+        elif name == T.OUTPUT_LOG_PROBS:
+            lp_i = i
+    raw = resp.raw_output_contents
+    if ids_i < 0 or ids_i >= len(raw) or resp.outputs[ids_i].datatype != "INT32":
+        return T.decode_engine_outputs(_response_getter(resp), final, want_log_probs)
+    ids = memoryview(raw[ids_i]).cast("i")
+    shape = resp.outputs[ids_i].shape
+    width = shape[-1] if shape else len(ids)
+    n = width
+    if 0 <= seq_i < len(raw) and len(raw[seq_i]) >= 4:
+        n = min(width, memoryview(raw[seq_i]).cast("i")[0])
+    tokens = ids[:n].tolist()
+    log_probs: list[float] | None = None
+    if want_log_probs:
+        log_probs = (
+            memoryview(raw[lp_i]).cast("f")[: len(tokens)].tolist()
+            if 0 <= lp_i < len(raw) and resp.outputs[lp_i].datatype == "FP32"
+            else []
+        )
+    return T.EngineChunk(tokens, log_probs, final)
 
 
 class EngineClient:
