@@ -108,11 +108,9 @@ def parse_response(
     tokens = ids[:n].tolist()
     log_probs: list[float] | None = None
     if want_log_probs:
-        log_probs = (
-            memoryview(raw[lp_i]).cast("f")[: len(tokens)].tolist()
-            if 0 <= lp_i < len(raw) and resp.outputs[lp_i].datatype == "FP32"
-            else []
-        )
+        log_probs = []
+        if 0 <= lp_i < len(raw) and resp.outputs[lp_i].datatype == "FP32":
+            log_probs = [float(x) for x in memoryview(raw[lp_i]).cast("f")[: len(tokens)]]
     return T.EngineChunk(tokens, log_probs, final)
 
 
