@@ -2,8 +2,10 @@
 
 - mpirun runs in its own session (Ctrl-C reaches only us; we stop the ranks in order) and
   gets SIGTERM if this process dies (PR_SET_PDEATHSIG), so a killed launcher leaves no ranks.
-- This process is a child subreaper (PR_SET_CHILD_SUBREAPER): a tritonserver or Python stub
-  orphaned by a dying mpirun is re-parented to us, and the final sweep ends it.
+- mpirun starts a new session that its ranks and their Python stubs keep; after mpirun
+  ends, the final sweep ends whatever is still in that session. The CLI also makes this
+  process a child subreaper (PR_SET_CHILD_SUBREAPER) so that such orphans are re-parented
+  to it and reaped.
 - mpirun's ``--tag-output`` lines are split per rank into ``logs/rankN.log``; the last lines
   of a rank that dies are shown with its exit code.
 
@@ -61,8 +63,8 @@ def _child_setup() -> None:  # runs in the forked child before exec
 # --------------------------------------------------------------------------- /proc helpers
 
 
-def _proc_stat(pid: int) -> tuple[int, str] | None:
-    """(ppid, state) of a live process, None if gone or a zombie."""
+def _proc_stat(pid: int) -> tuple[int, int, bool] | None:
+    """(ppid, session id, is_zombie) of a process, None if gone."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             stat = f.read().decode("utf-8", "replace")
@@ -70,8 +72,18 @@ def _proc_stat(pid: int) -> tuple[int, str] | None:
         return None
     # comm may contain spaces and parentheses: split after the last ')'.
     fields = stat[stat.rfind(")") + 2 :].split()
-    state, ppid = fields[0], int(fields[1])
-    return None if state == "Z" else (ppid, state)
+    return int(fields[1]), int(fields[3]), fields[0] == "Z"
+
+
+def _all_pids() -> list[tuple[int, int, int, bool]]:
+    """(pid, ppid, session, is_zombie) of every process."""
+    rows = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            st = _proc_stat(int(entry))
+            if st is not None:
+                rows.append((int(entry), *st))
+    return rows
 
 
 def _cmdline(pid: int) -> list[str]:
@@ -85,12 +97,9 @@ def _cmdline(pid: int) -> list[str]:
 def descendants(root: int) -> list[int]:
     """Live (non-zombie) descendants of ``root``, from one scan of /proc."""
     children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        st = _proc_stat(int(entry))
-        if st is not None:
-            children.setdefault(st[0], []).append(int(entry))
+    for pid, ppid, _, zombie in _all_pids():
+        if not zombie:
+            children.setdefault(ppid, []).append(pid)
     found: list[int] = []
     stack = [root]
     while stack:
@@ -100,8 +109,15 @@ def descendants(root: int) -> list[int]:
     return found
 
 
+def session_members(sid: int) -> list[int]:
+    """Live processes of a session: mpirun starts one, and its ranks and their Python stubs
+    stay in it (Open MPI gives each rank its own process group, not its own session)."""
+    return [pid for pid, _, session, zombie in _all_pids() if session == sid and not zombie]
+
+
 def alive(pid: int) -> bool:
-    return _proc_stat(pid) is not None
+    st = _proc_stat(pid)
+    return st is not None and not st[2]
 
 
 def _signal(pid: int, sig: int) -> None:
@@ -109,15 +125,14 @@ def _signal(pid: int, sig: int) -> None:
         os.kill(pid, sig)
 
 
-def _reap_adopted() -> None:
-    """Collect exit statuses of orphans re-parented to us (else they stay zombies)."""
-    while True:
-        try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
+def _reap_adopted(sid: int) -> None:
+    """Collect exit statuses of the session's orphans re-parented to us (else they stay
+    zombies). Only those: other children of this process keep their statuses."""
+    me = os.getpid()
+    for pid, ppid, session, zombie in _all_pids():
+        if zombie and ppid == me and session == sid:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, os.WNOHANG)
 
 
 # --------------------------------------------------------------------------- rank logs
@@ -288,7 +303,7 @@ class TritonLaunch:
             if time.monotonic() > deadline:
                 log = self.logs.path(0)
                 raise LaunchFailure(
-                    f"Triton not ready after {timeout:.0f}s", 1, 0, self.logs.tail(0), log
+                    f"Triton not ready after {timeout:g}s", 1, 0, self.logs.tail(0), log
                 )
             stop.wait(0.5)
         return False
@@ -333,7 +348,7 @@ class TritonLaunch:
 
     # -- stop -------------------------------------------------------------------------
 
-    def stop(self, grace: float = 20.0) -> list[int]:
+    def stop(self, grace: float = 20.0, sweep_grace: float = 5.0) -> list[int]:
         """Stop every rank; return pids that had to be killed in the final sweep.
 
         SIGTERM to mpirun forwards SIGTERM to every rank and, after Open MPI's
@@ -347,31 +362,37 @@ class TritonLaunch:
             try:
                 proc.wait(timeout=grace)
             except subprocess.TimeoutExpired:
-                for pid in [proc.pid, *descendants(proc.pid)]:
+                for pid in session_members(proc.pid):
                     _signal(pid, signal.SIGKILL)
                 proc.wait()
-        swept = self._sweep()
+        swept = self._sweep(sweep_grace)
         self.logs.join()
         self.logs.close()
         return swept
 
     def _sweep(self, grace: float = 5.0) -> list[int]:
-        """End descendants that outlived mpirun (re-parented to us, the subreaper)."""
-        leftovers = [p for p in descendants(os.getpid()) if p != getattr(self.proc, "pid", None)]
+        """End what outlived mpirun: every process still in the launch's session.
+
+        Orphans are re-parented to us when we are a subreaper, so we also reap them.
+        """
+        if self.proc is None:
+            return []
+        sid = self.proc.pid
+        leftovers = session_members(sid)
         if not leftovers:
-            _reap_adopted()
+            _reap_adopted(sid)
             return []
         for pid in leftovers:
             _signal(pid, signal.SIGTERM)
         deadline = time.monotonic() + grace
         while time.monotonic() < deadline and any(alive(p) for p in leftovers):
-            _reap_adopted()
+            _reap_adopted(sid)
             time.sleep(0.1)
         for pid in leftovers:
             if alive(pid):
                 _signal(pid, signal.SIGKILL)
         time.sleep(0.1)
-        _reap_adopted()
+        _reap_adopted(sid)
         return leftovers
 
 
