@@ -327,7 +327,10 @@ def _launch(
             file=sys.stderr,
             flush=True,
         )
-        launch.start()
+        try:
+            launch.start()
+        except OSError as exc:
+            raise UserError(f"cannot start {spec.mpirun}: {exc.strerror}") from None
         exit_code = 0
         try:
             if launch.wait_ready(args.ready_timeout, stop):

@@ -338,7 +338,12 @@ class TritonLaunch:
         if rank is None and self.world_size == 1 and code not in (None, 0):
             rank = 0
         if rank is None:
-            reason = f"mpirun exited with code {exit_code}" if code is not None else "launch ended"
+            if code == 0:
+                reason = "all ranks exited (code 0) without being asked to stop"
+            elif code is not None:
+                reason = f"mpirun exited with code {exit_code}"
+            else:
+                reason = "launch ended"
         else:
             reason = f"rank {rank} exited with code {exit_code}"
             if exit_code > 128:

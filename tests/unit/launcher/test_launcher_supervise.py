@@ -97,3 +97,14 @@ def test_stop_request_ends_the_wait_and_sweeps_the_session(tmp_path: Path) -> No
     assert child in swept
     assert not alive(child)
     assert session_members(launch.proc.pid) == []
+
+
+def test_ranks_ending_by_themselves_is_a_failure(tmp_path: Path) -> None:
+    launch = fake_mpirun("echo '[1,0]<stdout>:bye'; exit 0", tmp_path, 1)
+    launch.start()
+    stop = threading.Event()
+    with pytest.raises(LaunchFailure) as exc:
+        launch.supervise(stop, poll=0.05)
+    launch.stop()
+    assert exc.value.exit_code == 1
+    assert exc.value.reason == "all ranks exited (code 0) without being asked to stop"
