@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from trtllm_stack import __version__
 from trtllm_stack.triton.launch_plan import NCCL_PCIE_DEFAULTS
 from trtllm_stack.variants import load_table
@@ -238,3 +239,69 @@ def test_tritonserver_app_runs_launcher_with_nccl(
 def test_nix_eval_check_builds(flake: list[str], nix_env: dict[str, str]) -> None:
     out = run(["nix", "build", *flake, "--no-link", "-L", f".#checks.{SYSTEM}.nix-eval"], nix_env)
     assert "variants and 3 NCCL defaults agree" in out.stderr
+
+
+def test_tritonserver_tp4_dry_run_prints_four_ranks_with_nccl(
+    flake: list[str], nix_env: dict[str, str]
+) -> None:
+    out = nix(["run", ".#tritonserver-qwen3-tp4", "--", "--dry-run"], flake, nix_env)
+    command = next(line for line in out.splitlines() if "/bin/mpirun " in line)
+    blocks = command.split(" : ")
+    assert len(blocks) == 4
+    assert all(" -n 1 " in f" {b} " and "tritonserver" in b for b in blocks)
+    assert "--http-port=8000" in blocks[0] and "--grpc-port=8001" in blocks[0]
+    assert all("--load-model=tensorrt_llm" in b for b in blocks[1:])
+    for i, block in enumerate(blocks):
+        assert f"shm-region-prefix-name=prefix{i}_" in block
+        for key in NCCL_PCIE_DEFAULTS:
+            assert f"-x {key}" in block
+    for key, value in NCCL_PCIE_DEFAULTS.items():
+        assert f"{key}={value}" in command.split("/bin/mpirun ")[0]
+
+
+def test_demo_app_answers_a_chat_request(flake: list[str], nix_env: dict[str, str]) -> None:
+    import signal
+    import time
+
+    import httpx
+
+    from trtllm_stack.triton.server import free_port
+
+    port = free_port()
+    proc = subprocess.Popen(
+        ["nix", "run", *flake, ".#demo", "--", "--port", str(port), "--token-delay-ms", "0"],
+        cwd=ROOT,
+        env=nix_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health/ready", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        reply = httpx.post(
+            f"http://127.0.0.1:{port}/v1/chat/completions",
+            json={
+                "model": "qwen3",
+                "messages": [{"role": "user", "content": "[reply]Nix served this.[/reply]"}],
+                "max_tokens": 20,
+            },
+            timeout=30,
+        ).json()
+        assert reply["choices"][0]["message"]["content"] == "Nix served this."
+        assert reply["choices"][0]["finish_reason"] == "stop"
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
