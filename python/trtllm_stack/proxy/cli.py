@@ -18,9 +18,11 @@ _FLAGS: list[tuple[str, str, dict[str, Any], str]] = [
     ("--port", "port", {"type": int}, "port (default 9000)"),
     ("--cors-origins", "cors_origins", {}, "comma-separated origins (default *; '' = off)"),
     ("--max-in-flight", "max_in_flight", {"type": int}, "requests in flight before 429"),
+    ("--max-messages", "max_messages", {"type": int}, "messages per chat request (400)"),
     ("--max-body-bytes", "max_body_bytes", {"type": int}, "request body limit (413)"),
     ("--default-max-tokens", "default_max_tokens", {"type": int}, "when a request has none"),
     ("--backend-timeout", "backend_timeout", {"type": float}, "seconds of backend silence"),
+    ("--send-timeout", "send_timeout", {"type": float}, "seconds a stalled client is kept"),
     ("--log-level", "log_level", {}, "uvicorn log level (default info)"),
 ]
 

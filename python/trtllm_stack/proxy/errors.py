@@ -95,9 +95,23 @@ def error_body(
 
 
 def json_response(status: int, body: Any, headers: Mapping[str, str] | None = None) -> Response:
-    return Response(
-        orjson.dumps(body), status_code=status, headers=headers, media_type="application/json"
-    )
+    try:
+        data = orjson.dumps(body)
+    except TypeError:
+        # Text echoed from the request (a model name, a template error) may hold lone
+        # surrogates, which UTF-8 cannot carry: replace them rather than fail.
+        data = orjson.dumps(_scrub(body))
+    return Response(data, status_code=status, headers=headers, media_type="application/json")
+
+
+def _scrub(obj: Any) -> Any:
+    if isinstance(obj, str):
+        return obj.encode("utf-8", "replace").decode("utf-8")
+    if isinstance(obj, dict):
+        return {_scrub(k): _scrub(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_scrub(v) for v in obj]
+    return obj
 
 
 def error_response(exc: ProxyError) -> Response:

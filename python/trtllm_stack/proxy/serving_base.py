@@ -37,6 +37,7 @@ from trtllm_stack.proxy.errors import (
 from trtllm_stack.proxy.metrics import ProxyMetrics
 from trtllm_stack.proxy.protocol import _SamplingRequest
 from trtllm_stack.proxy.settings import ProxySettings
+from trtllm_stack.proxy.special_tokens import LiteralText
 from trtllm_stack.triton.tensors import EngineRequest
 
 log = logging.getLogger("trtllm_stack.proxy")
@@ -90,9 +91,16 @@ class ServingContext:
             ((int(extra),),) if isinstance(extra, int) and extra != self.end_id else ()
         )
         self._backend = tokenizer.backend_tokenizer
+        self.literal = LiteralText(tokenizer)
 
     def encode(self, text: str) -> list[int]:
-        ids: list[int] = self._backend.encode(text, add_special_tokens=False).ids
+        try:
+            ids: list[int] = self._backend.encode(text, add_special_tokens=False).ids
+        except (TypeError, ValueError, UnicodeError):
+            # Lone surrogates ("\ud800" in JSON) are valid JSON but not Unicode text.
+            raise InvalidRequest(
+                "the text is not valid Unicode (it contains a lone surrogate)"
+            ) from None
         return ids
 
     async def limits(self) -> EngineLimits:

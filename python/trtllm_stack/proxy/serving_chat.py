@@ -28,6 +28,7 @@ from trtllm_stack.proxy.serving_base import (
     until_disconnect,
     usage,
 )
+from trtllm_stack.proxy.special_tokens import Escaper
 from trtllm_stack.proxy.sse import DONE, ChunkTemplate, SSEResponse, dumps, event
 from trtllm_stack.triton.tensors import EngineChunk, EngineRequest
 
@@ -74,11 +75,17 @@ def _message_text(msg: ChatMessage, index: int) -> str | None:
     return "".join(texts)
 
 
-def _template_messages(messages: list[ChatMessage]) -> list[dict[str, Any]]:
+def _template_messages(messages: list[ChatMessage], esc: Escaper) -> list[dict[str, Any]]:
+    """Messages as the template wants them, with client data escaped (special_tokens)."""
     out: list[dict[str, Any]] = []
     for i, msg in enumerate(messages):
         role = "system" if msg.role == "developer" else msg.role
-        item: dict[str, Any] = {"role": role, "content": _message_text(msg, i) or ""}
+        text = _message_text(msg, i) or ""
+        # Assistant text is the model's own output: rendered as the template renders it.
+        item: dict[str, Any] = {
+            "role": role,
+            "content": text if role == "assistant" else esc.text(text),
+        }
         if msg.role == "assistant" and msg.tool_calls:
             calls = []
             for j, call in enumerate(msg.tool_calls):
@@ -96,7 +103,10 @@ def _template_messages(messages: list[ChatMessage]) -> list[dict[str, Any]]:
                     {
                         "id": call.id,
                         "type": "function",
-                        "function": {"name": call.function.name, "arguments": args},
+                        "function": {
+                            "name": esc.text(call.function.name),
+                            "arguments": esc.json_value(args),
+                        },
                     }
                 )
             item["tool_calls"] = calls
@@ -140,7 +150,11 @@ class ChatService:
         self.ctx = ctx
 
     def _render(
-        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None, kwargs: dict
+        self,
+        messages: list[dict[str, Any]],
+        tools: list[dict[str, Any]] | None,
+        kwargs: dict,
+        esc: Escaper,
     ) -> tuple[str, list[int]]:
         tok = self.ctx.tokenizer
         try:
@@ -149,7 +163,12 @@ class ChatService:
             )
         except Exception as exc:  # jinja TemplateError, TypeError from odd content
             raise InvalidRequest(f"the chat template rejected the messages: {exc}") from None
-        return text, self.ctx.encode(text)
+        try:
+            return text, esc.encode(text, self.ctx.encode)
+        except (TypeError, ValueError, UnicodeError):
+            raise InvalidRequest(
+                "the text is not valid Unicode (it contains a lone surrogate)"
+            ) from None
 
     async def plan(self, body: ChatCompletionRequest) -> ChatPlan:
         ctx = self.ctx
@@ -160,7 +179,8 @@ class ChatService:
                 f"{len(body.messages)} messages; at most {ctx.settings.max_messages} are accepted",
                 param="messages",
             )
-        messages = _template_messages(body.messages)
+        esc = Escaper(ctx.literal)
+        messages = _template_messages(body.messages, esc)
         tool_defs = [t.model_dump(exclude_none=True) for t in body.tools or []]
         names = [t["function"]["name"] for t in tool_defs]
         choice = body.tool_choice
@@ -189,12 +209,14 @@ class ChatService:
         thinking = kwargs.get("enable_thinking", True)
         thinking_enabled = thinking is not False
         kwargs["enable_thinking"] = thinking_enabled
-        tools_arg = tool_defs if tool_names is not None else None
+        tools_arg = esc.json_value(tool_defs) if tool_names is not None else None
         size = sum(len(m["content"]) for m in messages)
         if size > _INLINE_PROMPT_CHARS:
-            text, prompt_ids = await asyncio.to_thread(self._render, messages, tools_arg, kwargs)
+            text, prompt_ids = await asyncio.to_thread(
+                self._render, messages, tools_arg, kwargs, esc
+            )
         else:
-            text, prompt_ids = self._render(messages, tools_arg, kwargs)
+            text, prompt_ids = self._render(messages, tools_arg, kwargs, esc)
 
         want_logprobs = bool(body.logprobs)
         max_tokens = body.max_completion_tokens or body.max_tokens
@@ -254,7 +276,9 @@ class ChatService:
             owned_pump.close()
             lease.release()
 
-        return SSEResponse(self._stream(plan, owned_pump, first, lease), cleanup)
+        return SSEResponse(
+            self._stream(plan, owned_pump, first, lease), cleanup, ctx.settings.send_timeout
+        )
 
     # -- non-streaming ---------------------------------------------------------------
 

@@ -135,7 +135,9 @@ class CompletionService:
             owned_pump.close()
             lease.release()
 
-        return SSEResponse(self._stream(plan, owned_pump, first, lease), cleanup)
+        return SSEResponse(
+            self._stream(plan, owned_pump, first, lease), cleanup, ctx.settings.send_timeout
+        )
 
     async def _aggregate(
         self, plan: CompletionPlan, pump: TokenPump, lease: Lease

@@ -44,6 +44,11 @@ class ProxySettings(BaseSettings):
     backend_timeout: float = Field(
         default=60.0, gt=0, description="seconds without a token from Triton before a request fails"
     )
+    send_timeout: float = Field(
+        default=30.0,
+        gt=0,
+        description="seconds a client may stop reading a stream before its request is cancelled",
+    )
     reasoning_parser: bool = Field(default=True, description="split <think> into reasoning_content")
     log_level: str = "info"
 

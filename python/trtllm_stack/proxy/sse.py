@@ -7,12 +7,16 @@ concatenations; several events produced together go out in one write.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import orjson
 from starlette.responses import StreamingResponse
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
+
+log = logging.getLogger("trtllm_stack.proxy")
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 SSE_MEDIA_TYPE = "text/event-stream"
@@ -59,16 +63,70 @@ class ChunkTemplate:
 
 class SSEResponse(StreamingResponse):
     """A streaming response that always runs its cleanup, even when the client vanished
-    before the body iterator ever started (its ``finally`` would then never run)."""
+    before the body iterator ever started (its ``finally`` would then never run).
 
-    def __init__(self, content: AsyncIterator[bytes], cleanup: Callable[[], None]) -> None:
+    A client that stops reading (but keeps the connection open) blocks our writes once the
+    socket buffers are full; after ``send_timeout`` seconds of one write not completing,
+    the response is abandoned: the body iterator is closed (which cancels the Triton
+    request), the lease released, and the server closes the connection. Memory held for
+    such a client is bounded by the socket buffers and the tokens of one request.
+    """
+
+    def __init__(
+        self,
+        content: AsyncIterator[bytes],
+        cleanup: Callable[[], None],
+        send_timeout: float | None = None,
+    ) -> None:
         super().__init__(content, media_type=SSE_MEDIA_TYPE, headers=SSE_HEADERS)
         self._cleanup = cleanup
+        self._send_timeout = send_timeout
+        self._sending_since: float | None = None
+        self._timed_out = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        timeout = self._send_timeout
+        timer: asyncio.TimerHandle | None = None
+        task = asyncio.current_task()
         try:
-            await super().__call__(scope, receive, send)
+            if timeout is None or task is None:
+                await super().__call__(scope, receive, send)
+                return
+            loop = asyncio.get_running_loop()
+
+            async def guarded_send(message: Message) -> None:
+                self._sending_since = loop.time()
+                try:
+                    await send(message)
+                finally:
+                    self._sending_since = None
+
+            def watch() -> None:
+                # One timer per stream, re-armed every ``timeout`` s: no per-event cost.
+                nonlocal timer
+                since = self._sending_since
+                now = loop.time()
+                if since is not None and now - since >= timeout:
+                    self._timed_out = True
+                    timer = None
+                    task.cancel()
+                    return
+                delay = timeout if since is None else since + timeout - now
+                timer = loop.call_later(delay, watch)
+
+            timer = loop.call_later(timeout, watch)
+            try:
+                await super().__call__(scope, receive, guarded_send)
+            except asyncio.CancelledError:
+                if not self._timed_out:
+                    raise
+                task.uncancel()
+                log.warning(
+                    "client stopped reading the stream for %g s: request cancelled", timeout
+                )
         finally:
+            if timer is not None:
+                timer.cancel()
             self._cleanup()
             aclose = getattr(self.body_iterator, "aclose", None)
             if aclose is not None:
