@@ -62,6 +62,8 @@ def environment() -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "cpu_affinity": affinity,
         "cpu_model": _cpu_model(),
+        # other work on the machine skews every number: record how busy it was at the start
+        "load_average": [round(x, 2) for x in os.getloadavg()],
         "packages": versions,
         **_git_info(),
     }
@@ -323,11 +325,23 @@ def write_plot(result: dict[str, Any], path: Path) -> None:
             color=color,
             label=t["label"],
         )
-    for ax, _, title in panels:
+    for ax, key, title in panels:
         ax.set_title(title)
         ax.set_ylabel("ms")
+        ys = [
+            v
+            for t in result["targets"]
+            for lv in t["levels"]
+            for pct in ("p50", "p99")
+            if (v := lv["summary"][key][pct]) is not None and v > 0
+        ]
+        # latencies span milliseconds to seconds across load levels: log scale keeps
+        # the low-load points readable
+        if ys and max(ys) / min(ys) > 30:
+            ax.set_yscale("log")
     axes[1][1].set_title("output throughput")
     axes[1][1].set_ylabel("tokens/s")
+    axes[1][1].set_ylim(bottom=0)
     for row in axes:
         for ax in row:
             ax.set_xlabel(xlabel)

@@ -230,6 +230,7 @@ async def run_level(
     progress: Progress | None = None,
     seed: int = 0,
     cpu_pids: dict[str, int] | None = None,
+    label: str | None = None,
 ) -> None:
     """Run one level, appending to ``run.records`` as requests start (so a cancelled
     run keeps what it measured). Cancellation stops the level and re-raises."""
@@ -253,7 +254,7 @@ async def run_level(
     pids.setdefault("bench", os.getpid())
     before = _cpu_snapshot(pids)
     if progress is not None:
-        progress.start(f"{target.url} {level.name}", bounds.num_requests, bounds.duration)
+        progress.start(f"{label or target.url} {level.name}", bounds.num_requests, bounds.duration)
     try:
         await _drive(target, level, items, bounds, run, progress, seed)
     finally:

@@ -306,7 +306,9 @@ class Session:
                 opened.append(target)
                 runs.description = target.describe()
             for level in self.levels:
-                for i, ((_, target), runs) in enumerate(zip(self.targets, self.runs, strict=True)):
+                for i, ((label, target), runs) in enumerate(
+                    zip(self.targets, self.runs, strict=True)
+                ):
                     run = LevelRun(level)
                     runs.runs.append(run)
                     try:
@@ -319,6 +321,7 @@ class Session:
                             self.progress,
                             seed=self.seed + i,
                             cpu_pids=self.cpu_pids,
+                            label=label,
                         )
                     except asyncio.CancelledError:
                         run.interrupted = True
