@@ -502,6 +502,24 @@ def rank_of_tagged_line(line: str) -> tuple[int | None, str]:
     return int(m.group(1)), _OUTPUT_TAG.sub("", line[m.end() :])
 
 
+def split_tagged_line(line: str) -> list[tuple[int | None, str]]:
+    """Like :func:`rank_of_tagged_line`, but a line in which two ranks' writes interleave
+    (rank 1 wrote half a line, then rank 0 wrote) is split back into one piece per rank."""
+    rank, _ = rank_of_tagged_line(line)
+    if rank is None:
+        return [(None, line)]
+    pieces: list[tuple[int | None, str]] = []
+    tags = list(_OUTPUT_TAG.finditer(line))
+    for i, tag in enumerate(tags):
+        end = tags[i + 1].start() if i + 1 < len(tags) else len(line)
+        r, text = int(tag.group(1)), line[tag.end() : end]
+        if pieces and pieces[-1][0] == r:
+            pieces[-1] = (r, pieces[-1][1] + text)
+        elif text or not pieces:
+            pieces.append((r, text))
+    return pieces
+
+
 def default_runtime_dir(environ: Mapping[str, str] | None = None) -> Path:
     """Where the launcher writes the model repository and rank logs by default."""
     environ = os.environ if environ is None else environ

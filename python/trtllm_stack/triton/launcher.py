@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from trtllm_stack.triton.launch_plan import rank_of_tagged_line
+from trtllm_stack.triton.launch_plan import split_tagged_line
 
 _PR_SET_PDEATHSIG = 1
 _PR_SET_CHILD_SUBREAPER = 36
@@ -162,7 +162,10 @@ class RankLogs:
         return f
 
     def add(self, raw: str) -> None:
-        rank, text = rank_of_tagged_line(raw.rstrip("\n"))
+        for rank, text in split_tagged_line(raw.rstrip("\n")):
+            self._add(rank, text)
+
+    def _add(self, rank: int | None, text: str) -> None:
         with self._lock:
             f = self._file(rank)
             f.write(text + "\n")

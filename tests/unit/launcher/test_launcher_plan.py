@@ -27,6 +27,7 @@ from trtllm_stack.triton.launch_plan import (
     read_engine_config,
     resolve_server_version,
     resolve_world_size,
+    split_tagged_line,
     visible_gpu_count,
 )
 
@@ -443,6 +444,17 @@ def test_format_command_is_shell_quoted() -> None:
 )
 def test_tagged_lines_are_split_by_rank(line: str, expected: tuple[int | None, str]) -> None:
     assert rank_of_tagged_line(line) == expected
+
+
+def test_interleaved_ranks_are_split_back_apart() -> None:
+    line = "[1,1]<stderr>:I1123 loading: tensorrt_llm[1,0]<stderr>:loading: postprocessing:1"
+    assert split_tagged_line(line) == [
+        (1, "I1123 loading: tensorrt_llm"),
+        (0, "loading: postprocessing:1"),
+    ]
+    same = "[1,1]<stderr>:error: [1,1]<stderr>:creating server[1,1]<stderr>:: x"
+    assert split_tagged_line(same) == [(1, "error: creating server: x")]
+    assert split_tagged_line("plain mpirun text") == [(None, "plain mpirun text")]
 
 
 def test_engine_info_description() -> None:
