@@ -105,7 +105,7 @@ def running_stack(
         yield Stack(endpoints.grpc_url, url, server.pid, proxy.pid)
     finally:
         if proxy is not None and proxy.poll() is None:
-            proxy.send_signal(signal.SIGINT)
+            proxy.send_signal(signal.SIGTERM)  # SIGINT may be ignored in background jobs
             try:
                 proxy.wait(15)
             except subprocess.TimeoutExpired:

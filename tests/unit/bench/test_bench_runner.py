@@ -17,6 +17,7 @@ from trtllm_stack.bench.runner import (
     LevelRun,
     process_cpu_seconds,
     run_level,
+    tree_cpu_seconds,
 )
 from trtllm_stack.bench.session import Session
 from trtllm_stack.bench.workload import WorkItem
@@ -150,3 +151,23 @@ def test_process_cpu_seconds_of_self() -> None:
         pass
     # /proc ticks are 10 ms; 0.1 s of busy loop must show as at least 0.05 s
     assert process_cpu_seconds(os.getpid()) - before >= 0.05
+
+
+def test_tree_cpu_counts_live_children() -> None:
+    import os
+    import subprocess
+    import sys
+
+    burn = (
+        "import time\nt=time.process_time()\nwhile time.process_time()-t<0.3: pass\ntime.sleep(30)"
+    )
+    child = subprocess.Popen([sys.executable, "-c", burn])
+    try:
+        deadline = time.monotonic() + 20
+        while process_cpu_seconds(child.pid) < 0.25 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        own = process_cpu_seconds(os.getpid())
+        assert tree_cpu_seconds(os.getpid()) - own >= 0.25
+    finally:
+        child.kill()
+        child.wait()
