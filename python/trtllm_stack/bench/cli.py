@@ -164,7 +164,7 @@ def register(subparsers: Any) -> None:
         "--output",
         type=Path,
         default=None,
-        help="result JSON (default bench-YYYYmmdd-HHMMSS.json)",
+        help="result JSON, gzipped if it ends in .gz (default bench-YYYYmmdd-HHMMSS.json)",
     )
     out.add_argument("--plot", type=Path, default=None, help="PNG plot (default: next to the JSON)")
     out.add_argument("--no-plot", action="store_true")

@@ -146,6 +146,7 @@ def write_atomic(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; results are meant to be shared
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.replace(tmp, path)
@@ -153,6 +154,12 @@ def write_atomic(path: Path, data: bytes) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_json(path: Path, result: dict[str, Any]) -> None:
@@ -169,15 +176,25 @@ def write_json(path: Path, result: dict[str, Any]) -> None:
     for i, recs in enumerate(records):
         lines = ",\n".join(json.dumps(r, separators=(",", ":"), allow_nan=False) for r in recs)
         text = text.replace(f'"@@records{i}@@"', f"[\n{lines}\n]" if recs else "[]", 1)
-    write_atomic(path, (text + "\n").encode())
+    data = (text + "\n").encode()
+    if path.suffix == ".gz":
+        import gzip
+
+        data = gzip.compress(data, compresslevel=9, mtime=0)
+    write_atomic(path, data)
 
 
 def load_result(path: Path) -> dict[str, Any]:
+    import gzip
+
     try:
-        result = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise UserError(f"{path}: {exc.strerror or exc}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError):
+        raw = path.read_bytes()
+        if raw[:2] == b"\x1f\x8b":
+            raw = gzip.decompress(raw)
+        result = json.loads(raw.decode("utf-8"))
+    except OSError as exc:  # also gzip.BadGzipFile
+        raise UserError(f"{path}: {getattr(exc, 'strerror', None) or exc}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, EOFError):
         raise UserError(f"{path}: not a JSON file") from None
     if not isinstance(result, dict) or result.get("format") != FORMAT:
         raise UserError(f"{path}: not a trtllm-stack bench result (format {FORMAT})")
@@ -355,6 +372,7 @@ def write_plot(result: dict[str, Any], path: Path) -> None:
     fig.suptitle(f"trtllm-stack bench {when} {commit}".strip(), fontsize=10)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
+    os.fchmod(fd, 0o666 & ~_umask())
     os.close(fd)
     try:
         fig.savefig(tmp, dpi=110, format="png")

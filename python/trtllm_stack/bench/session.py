@@ -173,7 +173,8 @@ def run_from_args(args: argparse.Namespace) -> int:
     output = args.output or Path(f"bench-{datetime.now().strftime('%Y%m%d-%H%M%S')}.json")
     if output.exists() and output.is_dir():
         raise UserError(f"--output {output} is a directory")
-    plot = None if args.no_plot else (args.plot or output.with_suffix(".png"))
+    stem = output.with_suffix("") if output.suffix == ".gz" else output
+    plot = None if args.no_plot else (args.plot or stem.with_suffix(".png"))
 
     from trtllm_stack.tokenizer import bundled_qwen3_tokenizer_dir, load_tokenizer
 

@@ -129,3 +129,17 @@ def test_compare_rejects_bad_files(tmp_path: Path, capsys: pytest.CaptureFixture
     with pytest.raises(UserError, match="two or more targets"):
         compare_text(load_result(one), None, ("A", "B"))
     assert main(["bench", "compare", str(tmp_path / "missing.json")]) == 2
+
+
+def test_gzip_result_and_shareable_mode(tmp_path: Path) -> None:
+    import gzip
+    import os
+
+    result = _result("proxy", "http://a", 0.010, 0.001)
+    path = tmp_path / "r.json.gz"
+    write_json(path, result)
+    assert json.loads(gzip.decompress(path.read_bytes()))["format"] == result["format"]
+    assert load_result(path)["targets"][0]["label"] == "proxy"
+    mask = os.umask(0)
+    os.umask(mask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~mask
