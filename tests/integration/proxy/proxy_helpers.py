@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
+import uvicorn
+from trtllm_stack.proxy.app import create_app
+from trtllm_stack.proxy.settings import ProxySettings
+from trtllm_stack.triton.server import free_port
 
 
 def read_events(path: Path) -> list[dict[str, Any]]:
@@ -42,3 +49,51 @@ def sse_events(response: httpx.Response) -> list[str]:
         for block in response.text.split("\n\n")
         if block.startswith("data: ")
     ]
+
+
+@dataclass
+class RunningProxy:
+    base_url: str
+    app: Any
+    server: uvicorn.Server
+    thread: threading.Thread
+
+    @property
+    def v1(self) -> str:
+        return self.base_url + "/v1"
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The event loop the proxy runs on (its uvicorn thread)."""
+        return self.server.servers[0].get_loop()
+
+    def call(
+        self, make: Callable[[], Coroutine[Any, Any, Any]], timeout: float = 10
+    ) -> Any:
+        """Run ``make()`` on the proxy's loop (e.g. to inspect its tasks) and return the result."""
+        return asyncio.run_coroutine_threadsafe(make(), self.loop).result(timeout)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=15)
+
+
+def start_proxy(tokenizer_dir: Path, **settings: Any) -> RunningProxy:
+    port = free_port()
+    config = ProxySettings(
+        host="127.0.0.1", port=port, tokenizer_dir=tokenizer_dir, **settings
+    )
+    app = create_app(config)
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"
+        )
+    )
+    thread = threading.Thread(target=server.run, name=f"proxy-{port}", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("proxy did not start")
+        time.sleep(0.02)
+    return RunningProxy(f"http://127.0.0.1:{port}", app, server, thread)

@@ -1,0 +1,68 @@
+"""Helpers of the reliability tests (module name unique in the repository)."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+from proxy_helpers import RunningProxy
+
+
+def chat_body(text: str, *, stream: bool = True, **extra: Any) -> dict[str, Any]:
+    return {
+        "model": "qwen3",
+        "stream": stream,
+        "messages": [{"role": "user", "content": text}],
+        **extra,
+    }
+
+
+def parse_sse(raw: str) -> list[Any]:
+    """Data fields of an SSE body: JSON objects, and the string "[DONE]"."""
+    out: list[Any] = []
+    for block in raw.split("\n\n"):
+        if block.startswith("data: "):
+            data = block[len("data: ") :]
+            out.append(data if data == "[DONE]" else json.loads(data))
+    return out
+
+
+def proxy_tasks(proxy: RunningProxy) -> int:
+    """Number of unfinished asyncio tasks on the proxy's event loop."""
+
+    async def count() -> int:
+        return len([t for t in asyncio.all_tasks() if not t.done()])
+
+    return int(proxy.call(count))
+
+
+def live_objects(type_name: str) -> int:
+    """Instances of a class (by name) still reachable in this process (the proxy runs here)."""
+    gc.collect()
+    return sum(1 for o in gc.get_objects() if type(o).__name__ == type_name)
+
+
+def in_flight(proxy: RunningProxy) -> int:
+    return int(proxy.app.state.ctx.in_flight)
+
+
+def metric(proxy: RunningProxy, name: str) -> float | None:
+    for line in httpx.get(proxy.base_url + "/metrics").text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[-1])
+    return None
+
+
+def wait_until(
+    check: Callable[[], bool], timeout: float = 20.0, what: str = "condition"
+) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not reached after {timeout} s")
+        time.sleep(0.05)
