@@ -63,21 +63,38 @@ class GuardMiddleware:
                 return
         length = headers.get(b"content-length")
         limit = self.max_body
-        if length is not None and length.isdigit() and int(length) > limit:
-            await error_response(_too_large(int(length), limit))(scope, receive, send)
+        if length is not None:
+            # The HTTP parser holds the body to its Content-Length, so checking it suffices.
+            if length.isdigit() and int(length) > limit:
+                await error_response(_too_large(int(length), limit))(scope, receive, send)
+                return
+            await self.app(scope, receive, send)
             return
+        # Chunked upload: read it here (at most ``limit`` bytes kept), then replay it.
+        parts: list[bytes] = []
         seen = 0
-
-        async def limited_receive() -> Message:
-            nonlocal seen
+        while True:
             message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > limit:
-                    raise _too_large(seen, limit)
-            return message
+            if message["type"] != "http.request":
+                return  # client went away
+            body = message.get("body", b"")
+            seen += len(body)
+            if seen > limit:
+                await error_response(_too_large(seen, limit))(scope, receive, send)
+                return
+            parts.append(body)
+            if not message.get("more_body", False):
+                break
+        replayed = False
 
-        await self.app(scope, limited_receive, send)
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": b"".join(parts), "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
 
 
 def _too_large(size: int, limit: int) -> PayloadTooLarge:
