@@ -57,7 +57,7 @@ class Totals:
 
 
 async def one_stream(
-    client: httpx.AsyncClient, max_tokens: int, totals: Totals
+    client: httpx.AsyncClient, max_tokens: int, totals: Totals, t0: float
 ) -> None:
     body = {
         "model": "qwen3",
@@ -78,7 +78,15 @@ async def one_stream(
                 if line.startswith("data: "):
                     datas.append(line[6:])
     except httpx.HTTPError as exc:
-        totals.fail(f"{type(exc).__name__}: {exc}")
+        # When and where: before the response head (connection reuse) or mid-stream.
+        phase = (
+            f"after {len(datas)} events"
+            if "datas" in locals()
+            else "before the response"
+        )
+        totals.fail(
+            f"t={time.monotonic() - t0:.1f}s {type(exc).__name__} {phase}: {exc!r}"
+        )
         return
     if not datas or datas[-1] != "[DONE]":
         totals.fail("stream did not end with [DONE]")
@@ -109,7 +117,7 @@ async def soak(base: str, args: argparse.Namespace, pid: int) -> dict:
 
         async def worker() -> None:
             while time.monotonic() < end:
-                await one_stream(client, args.max_tokens, totals)
+                await one_stream(client, args.max_tokens, totals, start)
 
         async def sampler() -> None:
             while time.monotonic() < end:
