@@ -131,8 +131,19 @@ def tree_cpu_seconds(root: int) -> float:
     return total
 
 
+def machine_busy_seconds() -> float:
+    """CPU seconds all CPUs spent busy since boot (/proc/stat): with the per-process
+    numbers it shows how much of a level's CPU went to other work on the machine."""
+    with open("/proc/stat", "rb") as f:
+        fields = f.readline().split()
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in fields[1:9])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
 def _cpu_snapshot(pids: dict[str, int]) -> dict[str, float]:
     snap = {}
+    with contextlib.suppress(OSError, ValueError):
+        snap["machine"] = machine_busy_seconds()
     for name, pid in pids.items():
         with contextlib.suppress(OSError, ValueError, IndexError):
             snap[name] = tree_cpu_seconds(pid)

@@ -15,6 +15,7 @@ from trtllm_stack.bench.runner import (
     Bounds,
     Level,
     LevelRun,
+    machine_busy_seconds,
     process_cpu_seconds,
     run_level,
     tree_cpu_seconds,
@@ -171,3 +172,11 @@ def test_tree_cpu_counts_live_children() -> None:
     finally:
         child.kill()
         child.wait()
+
+
+def test_machine_busy_seconds_grows_with_our_own_work() -> None:
+    before = machine_busy_seconds()
+    t = time.process_time()
+    while time.process_time() - t < 0.1:
+        pass
+    assert machine_busy_seconds() - before >= 0.05
