@@ -146,6 +146,15 @@ def bench_command(stack: Stack, args: argparse.Namespace, extra: Sequence[str]) 
     ]
 
 
+def other_cpu(level: dict[str, Any]) -> float | None:
+    """CPU per output token the machine spent outside bench, proxy and tritonserver during
+    a level: near 0 on an idle box; large values mean the numbers are skewed."""
+    cpu = {k: v.get("us_per_output_token") for k, v in level["cpu"].items()}
+    if cpu.get("machine") is None or any(v is None for v in cpu.values()):
+        return None
+    return float(cpu["machine"]) - sum(float(v) for k, v in cpu.items() if k != "machine")
+
+
 def markdown_summary(result: dict[str, Any]) -> str:
     """The numbers issue 3 sets targets for, one row per concurrency."""
     targets = {t["label"]: t for t in result["targets"]}
@@ -156,8 +165,8 @@ def markdown_summary(result: dict[str, Any]) -> str:
     rows = [
         "| concurrency | direct TTFT p50 / p99 (ms) | proxy TTFT p50 / p99 (ms)"
         " | added TTFT p50 / p99 (ms) | proxy CPU us/token | direct tok/s | proxy tok/s"
-        " | proxy/direct | errors direct / proxy |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        " | proxy/direct | errors direct / proxy | other work on the box, direct / proxy |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for lv in proxy["levels"]:
         c = lv["level"]["concurrency"]
@@ -181,7 +190,8 @@ def markdown_summary(result: dict[str, Any]) -> str:
             f"| {c}{partial} | {f(sd['ttft_ms']['p50'])} / {f(sd['ttft_ms']['p99'])}"
             f" | {f(sp['ttft_ms']['p50'])} / {f(sp['ttft_ms']['p99'])}"
             f" | {added('p50')} / {added('p99')} | {f(cpu, 1)} | {f(tps_d, 0)} | {f(tps_p, 0)}"
-            f" | {ratio} | {sd['errors']} / {sp['errors']} |"
+            f" | {ratio} | {sd['errors']} / {sp['errors']}"
+            f" | {f(other_cpu(d), 0)} / {f(other_cpu(lv), 0)} us/token |"
         )
     return "\n".join(rows) + "\n"
 
