@@ -110,6 +110,10 @@ def _serve(settings: Any) -> None:
         port=settings.port,
         log_level=settings.log_level,
         timeout_graceful_shutdown=5,
+        # Longer than the idle expiry of HTTP clients (httpx / openai SDK: 5 s, aiohttp:
+        # 15 s) so that the client closes idle connections first: with equal timeouts a
+        # client can reuse a connection at the moment the server closes it (a reset).
+        timeout_keep_alive=75,
         access_log=settings.log_level == "debug",
     )
 

@@ -166,8 +166,8 @@ def test_triton_killed_mid_stream_ends_every_stream_then_recovers(
         again.stop()
 
 
-def test_hundred_clients_disconnect_mid_stream(reliability_proxy, triton_factory):
-    triton = triton_factory(token_delay_ms=50, default_reply_tokens=400)
+def test_hundred_clients_disconnect_mid_stream(reliability_proxy, triton):
+    # The shared zero-delay server; each request asks for 50 ms per token of its 200 tokens.
     proxy = reliability_proxy(triton_url=triton.endpoints.grpc_url)
     warm = httpx.post(
         proxy.v1 + "/chat/completions", json=chat_body("[reply]w[/reply]"), timeout=30
@@ -233,10 +233,12 @@ def test_hundred_clients_disconnect_mid_stream(reliability_proxy, triton_factory
 def test_client_that_stops_reading_is_cancelled_others_unaffected(
     reliability_proxy, triton_factory
 ):
-    triton = triton_factory(token_delay_ms=0.5, default_reply_tokens=30000)
+    triton = triton_factory(token_delay_ms=0.2, default_reply_tokens=30000)
     proxy = reliability_proxy(triton_url=triton.endpoints.grpc_url, send_timeout=2.0)
     port = int(proxy.base_url.rsplit(":", 1)[1])
-    body = httpx.Request("POST", "http://x", json=chat_body("flood me")).content
+    # logprobs make each event bigger, so the socket buffers fill sooner.
+    payload = chat_body("flood me", logprobs=True)
+    body = httpx.Request("POST", "http://x", json=payload).content
     request = (
         b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
         b"Content-Type: application/json\r\nContent-Length: "
