@@ -56,9 +56,7 @@ class Totals:
             self.error_samples.append(what)
 
 
-async def one_stream(
-    client: httpx.AsyncClient, max_tokens: int, totals: Totals, t0: float
-) -> None:
+async def one_stream(client: httpx.AsyncClient, max_tokens: int, totals: Totals, t0: float) -> None:
     body = {
         "model": "qwen3",
         "stream": True,
@@ -69,9 +67,7 @@ async def one_stream(
     try:
         async with client.stream("POST", "/v1/chat/completions", json=body) as resp:
             if resp.status_code != 200:
-                totals.fail(
-                    f"status {resp.status_code}: {(await resp.aread())[:200]!r}"
-                )
+                totals.fail(f"status {resp.status_code}: {(await resp.aread())[:200]!r}")
                 return
             datas = []
             async for line in resp.aiter_lines():
@@ -79,14 +75,8 @@ async def one_stream(
                     datas.append(line[6:])
     except httpx.HTTPError as exc:
         # When and where: before the response head (connection reuse) or mid-stream.
-        phase = (
-            f"after {len(datas)} events"
-            if "datas" in locals()
-            else "before the response"
-        )
-        totals.fail(
-            f"t={time.monotonic() - t0:.1f}s {type(exc).__name__} {phase}: {exc!r}"
-        )
+        phase = f"after {len(datas)} events" if "datas" in locals() else "before the response"
+        totals.fail(f"t={time.monotonic() - t0:.1f}s {type(exc).__name__} {phase}: {exc!r}")
         return
     if not datas or datas[-1] != "[DONE]":
         totals.fail("stream did not end with [DONE]")
@@ -111,9 +101,7 @@ async def soak(base: str, args: argparse.Namespace, pid: int) -> dict:
     end = start + args.duration
     limits = httpx.Limits(max_connections=args.concurrency + 4)
     timeout = httpx.Timeout(60.0)
-    async with httpx.AsyncClient(
-        base_url=base, limits=limits, timeout=timeout
-    ) as client:
+    async with httpx.AsyncClient(base_url=base, limits=limits, timeout=timeout) as client:
 
         async def worker() -> None:
             while time.monotonic() < end:
@@ -161,20 +149,14 @@ async def soak(base: str, args: argparse.Namespace, pid: int) -> dict:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument(
-        "--duration", type=float, default=600.0, help="seconds (default 600)"
-    )
+    ap.add_argument("--duration", type=float, default=600.0, help="seconds (default 600)")
     ap.add_argument("--concurrency", type=int, default=64)
     ap.add_argument("--token-delay-ms", type=float, default=5.0)
     ap.add_argument("--max-tokens", type=int, default=128)
-    ap.add_argument(
-        "--warmup", type=float, default=30.0, help="RSS baseline after this many s"
-    )
+    ap.add_argument("--warmup", type=float, default=30.0, help="RSS baseline after this many s")
     ap.add_argument("--sample-every", type=float, default=5.0)
     ap.add_argument("--max-rss-growth", type=float, default=0.10)
-    ap.add_argument(
-        "--out", type=Path, default=None, help="write the summary JSON here"
-    )
+    ap.add_argument("--out", type=Path, default=None, help="write the summary JSON here")
     args = ap.parse_args()
 
     port = free_port()
@@ -214,10 +196,7 @@ def main() -> int:
         args.out.write_text(text + "\n")
     summary = {k: v for k, v in result.items() if k != "rss_samples"}
     print(json.dumps(summary, indent=1))
-    ok = (
-        result["errors"] == 0
-        and result["rss_growth_after_warmup"] < args.max_rss_growth
-    )
+    ok = result["errors"] == 0 and result["rss_growth_after_warmup"] < args.max_rss_growth
     return 0 if ok else 1
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import httpx
 import uvicorn
+
 from trtllm_stack.proxy.app import create_app
 from trtllm_stack.proxy.settings import ProxySettings
 from trtllm_stack.triton.server import free_port
@@ -37,9 +38,7 @@ def wait_for_event(
         if len(matching) >= count:
             return matching[count - 1]
         time.sleep(0.05)
-    raise AssertionError(
-        f"fewer than {count} matching events in {path} after {timeout} s"
-    )
+    raise AssertionError(f"fewer than {count} matching events in {path} after {timeout} s")
 
 
 def sse_events(response: httpx.Response) -> list[str]:
@@ -67,9 +66,7 @@ class RunningProxy:
         """The event loop the proxy runs on (its uvicorn thread)."""
         return self.server.servers[0].get_loop()
 
-    def call(
-        self, make: Callable[[], Coroutine[Any, Any, Any]], timeout: float = 10
-    ) -> Any:
+    def call(self, make: Callable[[], Coroutine[Any, Any, Any]], timeout: float = 10) -> Any:
         """Run ``make()`` on the proxy's loop (e.g. to inspect its tasks) and return the result."""
         return asyncio.run_coroutine_threadsafe(make(), self.loop).result(timeout)
 
@@ -80,14 +77,10 @@ class RunningProxy:
 
 def start_proxy(tokenizer_dir: Path, **settings: Any) -> RunningProxy:
     port = free_port()
-    config = ProxySettings(
-        host="127.0.0.1", port=port, tokenizer_dir=tokenizer_dir, **settings
-    )
+    config = ProxySettings(host="127.0.0.1", port=port, tokenizer_dir=tokenizer_dir, **settings)
     app = create_app(config)
     server = uvicorn.Server(
-        uvicorn.Config(
-            app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"
-        )
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
     )
     thread = threading.Thread(target=server.run, name=f"proxy-{port}", daemon=True)
     thread.start()

@@ -58,9 +58,7 @@ def metric(proxy: RunningProxy, name: str) -> float | None:
     return None
 
 
-def wait_until(
-    check: Callable[[], bool], timeout: float = 20.0, what: str = "condition"
-) -> None:
+def wait_until(check: Callable[[], bool], timeout: float = 20.0, what: str = "condition") -> None:
     deadline = time.monotonic() + timeout
     while not check():
         if time.monotonic() > deadline:

@@ -20,6 +20,7 @@ from reliability_helpers import (
     proxy_tasks,
     wait_until,
 )
+
 from trtllm_stack.triton.server import TritonServer, free_port
 
 pytestmark = pytest.mark.integration
@@ -33,9 +34,7 @@ def _wait_ready(base_url: str, timeout: float = 60.0) -> None:
     )
 
 
-def test_proxy_started_before_triton_then_serves(
-    reliability_proxy, scripted_repo, tmp_path
-):
+def test_proxy_started_before_triton_then_serves(reliability_proxy, scripted_repo, tmp_path):
     ports = {
         "http_port": free_port(),
         "grpc_port": free_port(),
@@ -74,9 +73,7 @@ def test_proxy_started_before_triton_then_serves(
         server.stop()
 
 
-async def _read_stream(
-    client: httpx.AsyncClient, body: dict, started: asyncio.Event
-) -> dict:
+async def _read_stream(client: httpx.AsyncClient, body: dict, started: asyncio.Event) -> dict:
     raw = ""
     async with client.stream("POST", "/v1/chat/completions", json=body) as resp:
         status = resp.status_code
@@ -95,21 +92,15 @@ def test_triton_killed_mid_stream_ends_every_stream_then_recovers(
 
     async def scenario() -> tuple[list[dict], list[httpx.Response], float]:
         timeout = httpx.Timeout(30.0)
-        async with httpx.AsyncClient(
-            base_url=proxy.base_url, timeout=timeout
-        ) as client:
+        async with httpx.AsyncClient(base_url=proxy.base_url, timeout=timeout) as client:
             flags = [asyncio.Event() for _ in range(4)]
             streams = [
-                asyncio.create_task(
-                    _read_stream(client, chat_body(f"stream {i}"), flags[i])
-                )
+                asyncio.create_task(_read_stream(client, chat_body(f"stream {i}"), flags[i]))
                 for i in range(4)
             ]
             non_stream = [
                 asyncio.create_task(
-                    client.post(
-                        "/v1/chat/completions", json=chat_body(f"n {i}", stream=False)
-                    )
+                    client.post("/v1/chat/completions", json=chat_body(f"n {i}", stream=False))
                 )
                 for i in range(2)
             ]
@@ -156,9 +147,7 @@ def test_triton_killed_mid_stream_ends_every_stream_then_recovers(
         assert events[-1] == "[DONE]"
         assert (
             "".join(
-                e["choices"][0]["delta"].get("content") or ""
-                for e in events[:-1]
-                if e["choices"]
+                e["choices"][0]["delta"].get("content") or "" for e in events[:-1] if e["choices"]
             )
             == "back"
         )
@@ -177,9 +166,7 @@ def test_hundred_clients_disconnect_mid_stream(reliability_proxy, triton):
     n = 100
 
     async def open_and_drop(client: httpx.AsyncClient) -> str:
-        async with client.stream(
-            "POST", "/v1/chat/completions", json=chat_body("go")
-        ) as resp:
+        async with client.stream("POST", "/v1/chat/completions", json=chat_body("go")) as resp:
             assert resp.status_code == 200
             raw = ""
             async for text in resp.aiter_text():
@@ -223,9 +210,7 @@ def test_hundred_clients_disconnect_mid_stream(reliability_proxy, triton):
     )
     wait_until(lambda: in_flight(proxy) == 0, what="in-flight 0")
     assert metric(proxy, "trtllm_proxy_requests_in_flight") == 0.0
-    wait_until(
-        lambda: proxy_tasks(proxy) <= tasks_before, what="task count back to baseline"
-    )
+    wait_until(lambda: proxy_tasks(proxy) <= tasks_before, what="task count back to baseline")
     assert live_objects("TokenPump") == 0
     print(f"proxy tasks before {tasks_before}, after {proxy_tasks(proxy)}")
 
@@ -247,9 +232,7 @@ def test_client_that_stops_reading_is_cancelled_others_unaffected(
         + body
     )
     slow = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    slow.setsockopt(
-        socket.SOL_SOCKET, socket.SO_RCVBUF, 4096
-    )  # before connect: small window
+    slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect: small window
     slow.connect(("127.0.0.1", port))
     try:
         slow.sendall(request)
@@ -267,9 +250,7 @@ def test_client_that_stops_reading_is_cancelled_others_unaffected(
         assert events[-1] == "[DONE]"
         assert (
             "".join(
-                e["choices"][0]["delta"].get("content") or ""
-                for e in events[:-1]
-                if e["choices"]
+                e["choices"][0]["delta"].get("content") or "" for e in events[:-1] if e["choices"]
             )
             == "still fine"
         )
@@ -288,8 +269,6 @@ def test_client_that_stops_reading_is_cancelled_others_unaffected(
         while chunk := slow.recv(65536):
             rest += chunk
         assert not rest.rstrip().endswith(b"data: [DONE]")
-        print(
-            f"engine produced {ev['output_tokens']} tokens; {len(rest)} bytes were buffered"
-        )
+        print(f"engine produced {ev['output_tokens']} tokens; {len(rest)} bytes were buffered")
     finally:
         slow.close()

@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from proxy_helpers import read_events, start_proxy
 from reliability_helpers import chat_body, in_flight, parse_sse, wait_until
+
 from trtllm_stack.tokenizer import load_tokenizer
 
 pytestmark = pytest.mark.integration
@@ -63,18 +64,24 @@ def _assert_clean(r: httpx.Response) -> None:
         assert parse_sse(r.text)[-1] == "[DONE]"
 
 
+def _raw(fields: bytes, content: bytes = b'"a"') -> bytes:
+    return b"{" + fields + b'"messages": [{"role": "user", "content": ' + content + b"}]}"
+
+
+Q = b'"model": "qwen3", '
 RAW_BODIES: list[tuple[str, bytes, int]] = [
     ("malformed json", b'{"model": "qwen3", "messages": [', 400),
     ("empty body", b"", 400),
     ("json array", b"[1, 2, 3]", 400),
     ("json null", b"null", 400),
-    ("invalid utf-8", b'{"model": "qwen3", "messages": [{"role": "user", "content": "\xff\xfe"}]}', 400),
-    ("lone surrogate content", b'{"model": "qwen3", "messages": [{"role": "user", "content": "a\\ud800b"}]}', 400),
-    ("lone surrogate model", b'{"model": "q\\udfff", "messages": [{"role": "user", "content": "a"}]}', 404),
-    ("huge float", b'{"model": "qwen3", "max_tokens": 1e400, "messages": [{"role": "user", "content": "a"}]}', 400),
-    ("NaN temperature", b'{"model": "qwen3", "temperature": NaN, "messages": [{"role": "user", "content": "a"}]}', 400),
-    ("deep nesting", b'{"model": "qwen3", "messages": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", 400),
-]  # fmt: skip
+    ("invalid utf-8", _raw(Q, b'"\xff\xfe"'), 400),
+    ("lone surrogate content", _raw(Q, b'"a\\ud800b"'), 400),
+    ("lone surrogate model", _raw(b'"model": "q\\udfff", '), 404),
+    ("huge float", _raw(Q + b'"max_tokens": 1e400, '), 400),
+    ("NaN temperature", _raw(Q + b'"temperature": NaN, '), 400),
+    ("deep nesting", b"{" + Q + b'"messages": ' + b"[" * 10**5 + b"]" * 10**5 + b"}", 400),
+]
+
 
 JSON_BODIES: list[tuple[str, dict[str, Any], set[int]]] = [
     ("negative max_tokens", chat_body("a", max_tokens=-5), {400}),
@@ -85,7 +92,11 @@ JSON_BODIES: list[tuple[str, dict[str, Any], set[int]]] = [
     ("messages not a list", {"model": "qwen3", "messages": "hi"}, {400}),
     ("no messages", {"model": "qwen3", "messages": []}, {400}),
     ("unknown role", {"model": "qwen3", "messages": [{"role": "root", "content": "x"}]}, {400}),
-    ("content is a number", {"model": "qwen3", "messages": [{"role": "user", "content": 7}]}, {400}),
+    (
+        "content is a number",
+        {"model": "qwen3", "messages": [{"role": "user", "content": 7}]},
+        {400},
+    ),
     (
         "image part",
         {
@@ -103,14 +114,20 @@ JSON_BODIES: list[tuple[str, dict[str, Any], set[int]]] = [
         {
             **chat_body("a", stream=False, max_tokens=4),
             "tools": [
-                {"type": "function", "function": {"name": "f", "parameters": {"type": 5, "properties": [1, None]}}}
+                {
+                    "type": "function",
+                    "function": {"name": "f", "parameters": {"type": 5, "properties": [1, None]}},
+                }
             ],
         },
         {200, 400},
     ),
     (
         "tool parameters not an object",
-        {**chat_body("a"), "tools": [{"type": "function", "function": {"name": "f", "parameters": "zz"}}]},
+        {
+            **chat_body("a"),
+            "tools": [{"type": "function", "function": {"name": "f", "parameters": "zz"}}],
+        },
         {400},
     ),
     (
@@ -124,17 +141,27 @@ JSON_BODIES: list[tuple[str, dict[str, Any], set[int]]] = [
             "model": "qwen3",
             "messages": [
                 {"role": "user", "content": "a"},
-                {"role": "assistant", "tool_calls": [{"id": "1", "function": {"name": "f", "arguments": "{oops"}}]},
+                {
+                    "role": "assistant",
+                    "tool_calls": [{"id": "1", "function": {"name": "f", "arguments": "{oops"}}],
+                },
                 {"role": "user", "content": "b"},
             ],
         },
         {400},
     ),
-    ("template kwargs hostile", {**chat_body("a", stream=False, max_tokens=2), "chat_template_kwargs": {"raise_exception": 1, "messages": 2, "enable_thinking": "x"}}, {200, 400}),
+    (
+        "template kwargs hostile",
+        {
+            **chat_body("a", stream=False, max_tokens=2),
+            "chat_template_kwargs": {"raise_exception": 1, "messages": 2, "enable_thinking": "x"},
+        },
+        {200, 400},
+    ),
     ("stop list too long", chat_body("a", stop=["x"] * 100), {400}),
     ("n=5", chat_body("a", n=5), {400}),
     ("unknown model", {**chat_body("a"), "model": "gpt-4"}, {404}),
-]  # fmt: skip
+]
 
 
 @pytest.mark.parametrize("name,raw,status", RAW_BODIES, ids=[b[0] for b in RAW_BODIES])
@@ -149,9 +176,7 @@ def test_raw_malformed_bodies(hostile, name, raw, status):
     assert r.status_code == status, r.text[:300]
 
 
-@pytest.mark.parametrize(
-    "name,body,statuses", JSON_BODIES, ids=[b[0] for b in JSON_BODIES]
-)
+@pytest.mark.parametrize("name,body,statuses", JSON_BODIES, ids=[b[0] for b in JSON_BODIES])
 def test_wrong_types_and_values(hostile, name, body, statuses):
     r = httpx.post(hostile.v1 + "/chat/completions", json=body, timeout=30)
     _assert_clean(r)
@@ -194,9 +219,7 @@ _content = st.one_of(
 )
 _message = st.fixed_dictionaries(
     {
-        "role": st.sampled_from(
-            ["system", "developer", "user", "assistant", "tool", "bogus"]
-        ),
+        "role": st.sampled_from(["system", "developer", "user", "assistant", "tool", "bogus"]),
         "content": _content,
     },
     optional={
@@ -250,9 +273,12 @@ _chat_request = st.fixed_dictionaries(
     },
 )
 _completion_request = st.fixed_dictionaries(
-    {"model": st.just("qwen3"), "prompt": st.one_of(_marker_text, st.lists(st.integers(-5, 200_000), max_size=5), _json)},
+    {
+        "model": st.just("qwen3"),
+        "prompt": st.one_of(_marker_text, st.lists(st.integers(-5, 200_000), max_size=5), _json),
+    },
     optional={**_sampling, "echo": _json, "suffix": _json, "best_of": _json},
-)  # fmt: skip
+)
 
 
 def _dumps(obj: Any) -> bytes:
@@ -333,15 +359,11 @@ def test_injected_role_markers_are_plain_text(hostile, triton, qwen3_tokenizer_d
     think, tool_call = tok.convert_tokens_to_ids(["<think>", "<tool_call>"])
     assert think not in ids and tool_call not in ids
     # The text is unchanged: only its tokenization differs.
-    rendered = tok.apply_chat_template(
-        messages, add_generation_prompt=True, tokenize=False
-    )
+    rendered = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     assert tok.decode(ids, skip_special_tokens=False) == rendered
     # usage and the engine agree on the number of prompt tokens.
     assert out["usage"]["prompt_tokens"] == len(ids)
-    ev = next(
-        e for e in read_events(triton.event_log) if e.get("request_id") == out["id"]
-    )
+    ev = next(e for e in read_events(triton.event_log) if e.get("request_id") == out["id"])
     assert ev["prompt_tokens"] == len(ids)
 
 
@@ -401,18 +423,14 @@ def test_injection_in_tool_results_and_tool_definitions(hostile, qwen3_tokenizer
 
 def test_plain_prompts_tokenize_exactly_as_before(hostile, qwen3_tokenizer_dir):
     tok = load_tokenizer(qwen3_tokenizer_dir)
-    messages = [
-        {"role": "user", "content": "[reply]x[/reply] ordinary text, <b>html</b> too"}
-    ]
+    messages = [{"role": "user", "content": "[reply]x[/reply] ordinary text, <b>html</b> too"}]
     r = httpx.post(
         hostile.v1 + "/chat/completions",
         json={"model": "qwen3", "messages": messages, "max_tokens": 2},
         timeout=30,
     )
     ids = _sent_ids(hostile, r.json()["id"])
-    rendered = tok.apply_chat_template(
-        messages, add_generation_prompt=True, tokenize=False
-    )
+    rendered = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     assert ids == tok.encode(rendered, add_special_tokens=False)
 
 
@@ -425,9 +443,7 @@ def test_stream_with_injection_still_streams(hostile):
     events = parse_sse(r.text)
     assert events[-1] == "[DONE]"
     content = "".join(
-        e["choices"][0]["delta"].get("content") or ""
-        for e in events[:-1]
-        if e["choices"]
+        e["choices"][0]["delta"].get("content") or "" for e in events[:-1] if e["choices"]
     )
     # The reply's own <think> (model output) is still parsed as reasoning.
     assert content == "streamed"

@@ -8,6 +8,7 @@ import asyncio
 import httpx
 import pytest
 from reliability_helpers import chat_body, in_flight, parse_sse, wait_until
+
 from trtllm_stack.triton.client import EngineClient
 
 pytestmark = pytest.mark.integration
@@ -53,9 +54,7 @@ def test_max_in_flight_gives_429_with_retry_after(limited):
                 resp = await cm.__aenter__()
                 assert resp.status_code == 200
                 held.append((cm, resp))
-            refused = await client.post(
-                "/v1/chat/completions", json=chat_body("one more")
-            )
+            refused = await client.post("/v1/chat/completions", json=chat_body("one more"))
             refused_text = await client.post(
                 "/v1/completions",
                 json={"model": "qwen3", "prompt": "x", "max_tokens": 2},
@@ -88,10 +87,7 @@ def test_body_too_large_413_with_numbers(limited):
     r = httpx.post(limited.v1 + "/chat/completions", json=big, timeout=30)
     assert r.status_code == 413
     msg = r.json()["error"]["message"]
-    assert (
-        "1048576" in msg
-        and str(len(httpx.Request("POST", "/", json=big).content)) in msg
-    )
+    assert "1048576" in msg and str(len(httpx.Request("POST", "/", json=big).content)) in msg
 
     # Without Content-Length (chunked upload) the limit holds while reading.
     def chunks():
@@ -112,9 +108,7 @@ def test_body_too_large_413_with_numbers(limited):
 
 def test_too_many_messages_400_with_numbers(limited):
     messages = [{"role": "user", "content": f"m{i}"} for i in range(5)]
-    r = httpx.post(
-        limited.v1 + "/chat/completions", json={"model": "qwen3", "messages": messages}
-    )
+    r = httpx.post(limited.v1 + "/chat/completions", json={"model": "qwen3", "messages": messages})
     assert r.status_code == 400
     err = r.json()["error"]
     assert err["param"] == "messages"

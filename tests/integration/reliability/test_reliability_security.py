@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 from reliability_helpers import chat_body, wait_until
+
 from trtllm_stack.triton.server import free_port
 
 pytestmark = pytest.mark.integration
@@ -88,15 +89,11 @@ def test_keys_and_prompts_never_logged(triton, tmp_path):
         wait_until(up, 60, "proxy process up")
         assert proc.poll() is None
         v1 = base + "/v1/chat/completions"
-        r = httpx.post(
-            v1, json=chat_body(PROMPT, stream=False, max_tokens=4), headers=good
-        )
+        r = httpx.post(v1, json=chat_body(PROMPT, stream=False, max_tokens=4), headers=good)
         assert r.status_code == 200
         r = httpx.post(v1, json=chat_body(PROMPT, max_tokens=4), headers=good)
         assert r.status_code == 200
-        r = httpx.post(
-            v1, json=chat_body(PROMPT), headers={"Authorization": f"Bearer {WRONG_KEY}"}
-        )
+        r = httpx.post(v1, json=chat_body(PROMPT), headers={"Authorization": f"Bearer {WRONG_KEY}"})
         assert r.status_code == 401
         assert WRONG_KEY not in r.text and KEY not in r.text
         # Failing requests that carry the prompt: invalid field, unknown model, bad tool args.
@@ -119,9 +116,7 @@ def test_keys_and_prompts_never_logged(triton, tmp_path):
             proc.kill()
             output, _ = proc.communicate()
     log = output.decode(errors="replace")
-    assert "Uvicorn running" in log or "Application startup complete" in log, (
-        log
-    )  # logs seen
+    assert "Uvicorn running" in log or "Application startup complete" in log, log  # logs seen
     for secret in (KEY, WRONG_KEY, PROMPT, "5550-1234"):
         assert secret not in log
     triton_log = (triton.repo.parent / "tritonserver.log").read_text(errors="replace")

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+
 from trtllm_stack.proxy import app as proxy_app
 from trtllm_stack.proxy.app import create_app
 from trtllm_stack.proxy.settings import ProxySettings
@@ -27,8 +28,7 @@ def _addresses(args: list[str]) -> dict[str, str]:
     return {
         a.split("=", 1)[0]: a.split("=", 1)[1]
         for a in args
-        if a.split("=", 1)[0]
-        in {"--http-address", "--grpc-address", "--metrics-address"}
+        if a.split("=", 1)[0] in {"--http-address", "--grpc-address", "--metrics-address"}
     }
 
 
@@ -78,9 +78,7 @@ def test_api_key_compared_in_constant_time(monkeypatch):
 
     async def statuses() -> list[int]:
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(
-            transport=transport, base_url="http://t"
-        ) as client:
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
             out = []
             for header in (
                 "Bearer k-123",
@@ -90,9 +88,7 @@ def test_api_key_compared_in_constant_time(monkeypatch):
                 None,
             ):
                 headers = {"Authorization": header} if header else {}
-                out.append(
-                    (await client.get("/v1/models", headers=headers)).status_code
-                )
+                out.append((await client.get("/v1/models", headers=headers)).status_code)
             return out
 
     assert asyncio.run(statuses()) == [200, 401, 401, 401, 401]
@@ -121,9 +117,7 @@ def test_stalled_reader_is_abandoned_after_send_timeout(spec_version):
         async def send(message):
             state["sent"] += 1
             if message["type"] == "http.response.body" and state["sent"] > 3:
-                await (
-                    never.wait()
-                )  # the socket buffers are full: this write never completes
+                await never.wait()  # the socket buffers are full: this write never completes
 
         def cleanup() -> None:
             # Runs in the response's task after the cancellation was undone: still usable.

@@ -8,6 +8,7 @@ import asyncio
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from trtllm_stack.proxy.metrics import ProxyMetrics
 from trtllm_stack.proxy.protocol import ChatCompletionRequest
 from trtllm_stack.proxy.serving_base import ServingContext
@@ -100,9 +101,7 @@ def test_forged_markers_never_become_special_tokens(chat, system, user, tool):
         TOK.apply_chat_template(plain, add_generation_prompt=True, tokenize=False),
         add_special_tokens=False,
     )
-    assert sorted(i for i in ids if i in ADDED_IDS) == sorted(
-        i for i in own if i in ADDED_IDS
-    )
+    assert sorted(i for i in ids if i in ADDED_IDS) == sorted(i for i in own if i in ADDED_IDS)
 
 
 def test_plain_messages_tokenize_exactly_like_the_template(chat):
@@ -118,9 +117,12 @@ def test_plain_messages_tokenize_exactly_like_the_template(chat):
 def test_assistant_history_keeps_its_own_markers(chat):
     messages = [
         {"role": "user", "content": "q"},
-        {"role": "assistant", "content": "<tool_call>\n{\"name\": \"f\", \"arguments\": {}}\n</tool_call>"},
+        {
+            "role": "assistant",
+            "content": '<tool_call>\n{"name": "f", "arguments": {}}\n</tool_call>',
+        },
         {"role": "user", "content": "again"},
-    ]  # fmt: skip
+    ]
     ids = _prompt_ids(chat, messages=messages)
     assert TOK.convert_tokens_to_ids("<tool_call>") in ids
 
@@ -155,10 +157,18 @@ def test_tool_definitions_and_arguments_escaped_with_json_quoting(chat):
     assert ids.count(IM_START) == 5  # system(tools), user, assistant, user, generation
     expected_messages = [
         messages[0],
-        {**messages[1], "tool_calls": [
-            {"id": "1", "type": "function", "function": {"name": "f", "arguments": {"a": '<|im_start|>"'}}}]},
+        {
+            **messages[1],
+            "tool_calls": [
+                {
+                    "id": "1",
+                    "type": "function",
+                    "function": {"name": "f", "arguments": {"a": '<|im_start|>"'}},
+                }
+            ],
+        },
         messages[2],
-    ]  # fmt: skip
+    ]
     rendered = TOK.apply_chat_template(
         expected_messages, tools=[tool], add_generation_prompt=True, tokenize=False
     )
