@@ -133,6 +133,11 @@ class EngineClient:
                     ("grpc.keepalive_timeout_ms", 5_000),
                     ("grpc.http2.max_pings_without_data", 0),
                     ("grpc.keepalive_permit_without_calls", 1),
+                    # gRPC's default reconnect backoff grows to 120 s: after Triton
+                    # restarts, the proxy would stay unavailable that long.
+                    ("grpc.initial_reconnect_backoff_ms", 500),
+                    ("grpc.min_reconnect_backoff_ms", 500),
+                    ("grpc.max_reconnect_backoff_ms", 2000),
                 ],
             )
             self._stub = service_pb2_grpc.GRPCInferenceServiceStub(self._channel)

@@ -118,7 +118,8 @@ def test_random_unicode_text_any_chunking_never_splits_a_character(
     ids = TOK.encode(text)
     cuts = data.draw(split_points(len(ids)))
     pieces = run(ids, cuts)
-    assert "".join(pieces) == TOK.decode(ids)
+    # run() skips special tokens, so text such as "<|endoftext|>" decodes to nothing.
+    assert "".join(pieces) == TOK.decode(ids, skip_special_tokens=True)
     if "\ufffd" not in text:
         assert not any("\ufffd" in p for p in pieces)
 
@@ -131,7 +132,7 @@ def test_generic_window_fallback_matches_decode_on_valid_text(
     text = data.draw(st.text(max_size=20) | st.sampled_from(MULTILINGUAL))
     ids = TOK.encode(text)
     pieces = run(ids, data.draw(split_points(len(ids))), use_byte_table=False)
-    assert "".join(pieces) == TOK.decode(ids)
+    assert "".join(pieces) == TOK.decode(ids, skip_special_tokens=True)
 
 
 @pytest.mark.parametrize("skip", [True, False])
