@@ -43,6 +43,9 @@ class FakeTarget:
     async def open(self, pool_size: int | None) -> None: ...
     async def close(self) -> None: ...
 
+    async def prepare(self, count: int | None) -> None:
+        self.prepared = count
+
     def describe(self) -> dict[str, Any]:
         return {"url": self.url, "kind": self.kind}
 

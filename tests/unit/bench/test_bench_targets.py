@@ -200,3 +200,40 @@ def test_parse_target() -> None:
     for bad in ("ftp://x", "localhost:9000", "triton-grpc://host", "http://"):
         with pytest.raises(UserError):
             parse_target(bad)
+
+
+async def test_one_connection_per_concurrent_request_and_reuse() -> None:
+    import asyncio
+
+    gate = asyncio.Event()
+
+    async def slow_body() -> AsyncIterator[bytes]:
+        await gate.wait()
+        yield _chunk({"content": "x"})
+        yield b"data: [DONE]\n\n"
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/models":
+            return httpx.Response(200, json={"data": [{"id": "m"}]})
+        return httpx.Response(200, content=slow_body())
+
+    tok = load_tokenizer(bundled_qwen3_tokenizer_dir())
+    target = OpenAITarget(
+        "http://127.0.0.1:9", RequestOptions(), tok, transport=httpx.MockTransport(handle)
+    )
+    await target.open(None)
+    try:
+        recs = [RequestRecord(index=i, start=0.0) for i in range(3)]
+        tasks = [asyncio.create_task(target.send(ITEM, r)) for r in recs]
+        await asyncio.sleep(0.05)
+        gate.set()
+        await asyncio.gather(*tasks)
+        assert all(r.status == OK for r in recs)
+        assert len(target._clients) == 3  # three requests in flight at once
+        for i in range(3):  # sequential requests reuse an idle client
+            await target.send(ITEM, RequestRecord(index=10 + i, start=0.0))
+        assert len(target._clients) == 3
+        await target.prepare(5)  # before a level of 5: five ready clients
+        assert len(target._clients) == 5 and len(target._idle) == 5
+    finally:
+        await target.close()
