@@ -15,6 +15,7 @@ import time
 
 import httpx
 import pytest
+
 from trtllm_stack.triton.server import free_port
 
 pytestmark = pytest.mark.integration
@@ -45,9 +46,7 @@ def demo_url(tmp_path_factory):
         deadline = time.monotonic() + 90
         while True:
             if proc.poll() is not None:
-                pytest.fail(
-                    f"demo exited with {proc.returncode}: {log.read_text()[-2000:]}"
-                )
+                pytest.fail(f"demo exited with {proc.returncode}: {log.read_text()[-2000:]}")
             try:
                 if httpx.get(f"{url}/v1/models", timeout=2).status_code == 200:
                     break
@@ -79,9 +78,7 @@ def test_smoke_against_demo_fails_on_scripted_replies(demo_url):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1
     msg = lines[0]
-    assert msg.startswith(
-        "trtllm-stack verify-engine: smoke check failed (3/3 prompts)"
-    )
+    assert msg.startswith("trtllm-stack verify-engine: smoke check failed (3/3 prompts)")
     assert "expected answer '4', found 'Triton is serving this reply" in msg
     assert "expected answer 'Paris'" in msg
     assert "distinct words" in msg  # the fixed paragraph, repeated

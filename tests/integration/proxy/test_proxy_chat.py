@@ -9,6 +9,7 @@ import httpx
 import openai
 import pytest
 from proxy_helpers import sse_events, wait_for_event
+
 from trtllm_stack.tokenizer import load_tokenizer
 
 pytestmark = pytest.mark.integration
@@ -95,9 +96,7 @@ def test_stream_role_first_content_exact_usage(client, tokenizer):
     content = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert content == text
     finals = [
-        c.choices[0].finish_reason
-        for c in chunks
-        if c.choices and c.choices[0].finish_reason
+        c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason
     ]
     assert finals == ["stop"]
     assert chunks[-1].choices == []
@@ -127,9 +126,7 @@ def test_stream_ends_at_max_tokens_with_length(proxy):
 
 
 def test_non_stream_length_usage(client):
-    out = client.chat.completions.create(
-        model="qwen3", messages=user("hi"), max_tokens=5
-    )
+    out = client.chat.completions.create(model="qwen3", messages=user("hi"), max_tokens=5)
     assert out.choices[0].finish_reason == "length"
     assert out.usage.completion_tokens == 5
 
@@ -149,13 +146,9 @@ def test_reasoning_split_non_stream_and_stream(client):
     assert msg.content == "The answer is 4."
     assert msg.model_extra["reasoning_content"] == "Let me think."
 
-    chunks = list(
-        client.chat.completions.create(model="qwen3", messages=messages, stream=True)
-    )
+    chunks = list(client.chat.completions.create(model="qwen3", messages=messages, stream=True))
     deltas = [c.choices[0].delta for c in chunks if c.choices]
-    reasoning = "".join(
-        (d.model_extra or {}).get("reasoning_content") or "" for d in deltas
-    )
+    reasoning = "".join((d.model_extra or {}).get("reasoning_content") or "" for d in deltas)
     content = "".join(d.content or "" for d in deltas)
     assert (reasoning, content) == ("Let me think.", "The answer is 4.")
 
@@ -231,9 +224,7 @@ def test_tool_choice_none_leaves_text_as_content(client):
 
 def test_broken_tool_call_comes_back_as_content(client):
     text = '<tool_call>\n{"name": "get_weather", "arguments": {"city": \n</tool_call>'
-    out = client.chat.completions.create(
-        model="qwen3", messages=reply(text), tools=[WEATHER_TOOL]
-    )
+    out = client.chat.completions.create(model="qwen3", messages=reply(text), tools=[WEATHER_TOOL])
     assert out.choices[0].finish_reason == "stop"
     assert out.choices[0].message.tool_calls is None
     assert out.choices[0].message.content == text
@@ -259,9 +250,7 @@ def test_tool_result_round_trip(client):
         {"role": "tool", "tool_call_id": "call_1", "content": "sunny, 21 C"},
         {"role": "user", "content": "[reply]It is sunny in Paris.[/reply]"},
     ]
-    out = client.chat.completions.create(
-        model="qwen3", messages=messages, tools=[WEATHER_TOOL]
-    )
+    out = client.chat.completions.create(model="qwen3", messages=messages, tools=[WEATHER_TOOL])
     assert out.choices[0].message.content == "It is sunny in Paris."
 
 
@@ -271,15 +260,11 @@ def test_stop_string_across_tokens_is_not_emitted(client, tokenizer):
     ids = tokenizer.encode(text, add_special_tokens=False)
     # The stop string spans several tokens, so matching must work across boundaries.
     assert not any(stop in tokenizer.decode([i]) for i in ids)
-    out = client.chat.completions.create(
-        model="qwen3", messages=reply(text), stop=[stop]
-    )
+    out = client.chat.completions.create(model="qwen3", messages=reply(text), stop=[stop])
     assert out.choices[0].message.content == "The answer is 42. "
     assert out.choices[0].finish_reason == "stop"
     chunks = list(
-        client.chat.completions.create(
-            model="qwen3", messages=reply(text), stop=stop, stream=True
-        )
+        client.chat.completions.create(model="qwen3", messages=reply(text), stop=stop, stream=True)
     )
     content = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert content == "The answer is 42. "
@@ -291,9 +276,7 @@ def test_emoji_and_cjk_split_across_tokens(client, tokenizer):
     ids = tokenizer.encode(text, add_special_tokens=False)
     # At least one character really is split over several tokens.
     assert any("\ufffd" in tokenizer.decode([i]) for i in ids)
-    chunks = list(
-        client.chat.completions.create(model="qwen3", messages=reply(text), stream=True)
-    )
+    chunks = list(client.chat.completions.create(model="qwen3", messages=reply(text), stream=True))
     pieces = [c.choices[0].delta.content or "" for c in chunks if c.choices]
     assert "".join(pieces) == text
     assert not any("\ufffd" in p for p in pieces)
@@ -310,9 +293,7 @@ def test_logprobs(client):
 
 
 def test_text_completions(client):
-    out = client.completions.create(
-        model="qwen3", prompt="[reply]abc def[/reply]", max_tokens=4
-    )
+    out = client.completions.create(model="qwen3", prompt="[reply]abc def[/reply]", max_tokens=4)
     assert out.choices[0].finish_reason == "length"
     assert out.usage.completion_tokens == 4
     chunks = list(

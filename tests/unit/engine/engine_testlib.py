@@ -96,12 +96,8 @@ def make_engine_dir(
 ) -> Path:
     """A well-formed engine dir for ``variant`` unless an argument breaks one part of it."""
     path.mkdir(parents=True, exist_ok=True)
-    (path / "config.json").write_text(
-        json.dumps(config or engine_config(variant), indent=2)
-    )
-    size = (
-        rank_bytes if rank_bytes is not None else expected_rank_bytes(variant).nominal
-    )
+    (path / "config.json").write_text(json.dumps(config or engine_config(variant), indent=2))
+    size = rank_bytes if rank_bytes is not None else expected_rank_bytes(variant).nominal
     for r in range(variant.tp if ranks is None else ranks):
         sparse_file(path / f"rank{r}.engine", size)
     if tokenizer:
@@ -120,9 +116,7 @@ def make_hf_checkpoint(path: Path, quant_config: dict[str, Any] | None) -> Path:
     """A HF checkpoint dir: config.json, real Qwen3 tokenizer files, optional hf_quant_config."""
     path.mkdir(parents=True, exist_ok=True)
     (path / "config.json").write_text(json.dumps(HF_QWEN3_CONFIG))
-    (path / "generation_config.json").write_text(
-        json.dumps({"eos_token_id": [151645, 151643]})
-    )
+    (path / "generation_config.json").write_text(json.dumps({"eos_token_id": [151645, 151643]}))
     if quant_config is not None:
         (path / "hf_quant_config.json").write_text(json.dumps(quant_config))
     sparse_file(path / "model-00001-of-00001.safetensors", 1024)

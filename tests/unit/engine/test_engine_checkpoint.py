@@ -3,10 +3,13 @@
 snapshot_download itself is replaced (no hub here); the exceptions are huggingface_hub's own.
 """
 
+import re
+
 import huggingface_hub
 import pytest
 from engine_testlib import NVFP4_QUANT_CONFIG, make_hf_checkpoint
 from huggingface_hub import errors as hf_errors
+
 from trtllm_stack.engine.checkpoint import DOWNLOAD_PATTERNS, resolve_checkpoint
 from trtllm_stack.errors import UserError
 
@@ -37,7 +40,7 @@ def test_local_dir_errors(tmp_path):
     with pytest.raises(UserError, match="not a directory"):
         resolve_checkpoint(REPO, "main", tmp_path / "nope")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(UserError, match="no config.json"):
+    with pytest.raises(UserError, match=re.escape("no config.json")):
         resolve_checkpoint(REPO, "main", tmp_path / "empty")
 
 
@@ -60,9 +63,7 @@ def test_download_passes_pinned_revision_and_patterns(tmp_path, monkeypatch):
 
 def test_gated_repo(monkeypatch):
     fail_with(monkeypatch, bare(hf_errors.GatedRepoError))
-    with pytest.raises(
-        UserError, match=r"is gated: accept its license on https://huggingface.co/"
-    ):
+    with pytest.raises(UserError, match=r"is gated: accept its license on https://huggingface.co/"):
         resolve_checkpoint(REPO, "main")
 
 
@@ -78,9 +79,7 @@ def test_repo_not_found_mentions_token(monkeypatch, token, hint):
 
 def test_revision_not_found(monkeypatch):
     fail_with(monkeypatch, bare(hf_errors.RevisionNotFoundError))
-    with pytest.raises(
-        UserError, match="revision 'deadbeef' not found in nvidia/Qwen3-32B-NVFP4"
-    ):
+    with pytest.raises(UserError, match="revision 'deadbeef' not found in nvidia/Qwen3-32B-NVFP4"):
         resolve_checkpoint(REPO, "deadbeef")
 
 
@@ -104,9 +103,7 @@ def test_online_network_failure(monkeypatch):
     )
     with pytest.raises(UserError) as exc:
         resolve_checkpoint(REPO, "main")
-    assert str(exc.value).endswith(
-        "not in the Hugging Face cache: Got: ConnectError: no route"
-    )
+    assert str(exc.value).endswith("not in the Hugging Face cache: Got: ConnectError: no route")
 
 
 def test_disk_full(monkeypatch):

@@ -3,6 +3,7 @@ import subprocess
 import sys
 
 from engine_testlib import HF_QWEN3_CONFIG, make_engine_dir
+
 from trtllm_stack.cli import main
 from trtllm_stack.engine import trtllm_api
 from trtllm_stack.variants import load_table
@@ -28,16 +29,12 @@ def test_verify_engine_failure_is_one_line_and_exit_1(tmp_path):
     assert proc.stdout == ""
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1
-    assert lines[0].startswith(
-        f"trtllm-stack verify-engine: engine {d} failed verification"
-    )
+    assert lines[0].startswith(f"trtllm-stack verify-engine: engine {d} failed verification")
     assert "Traceback" not in proc.stderr
 
 
 def test_build_engine_unknown_variant_is_one_line_and_exit_2(tmp_path):
-    proc = run_cli(
-        "build-engine", "--variant", "llama-70b", "--out", str(tmp_path / "o")
-    )
+    proc = run_cli("build-engine", "--variant", "llama-70b", "--out", str(tmp_path / "o"))
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         "trtllm-stack build-engine: unknown variant 'llama-70b'; known variants: "
@@ -60,9 +57,8 @@ def test_verify_engine_cannot_infer_unquantized(tmp_path, capsys):
     config["pretrained_config"]["quantization"]["quant_algo"] = None
     (d / "config.json").write_text(json.dumps(config))
     assert main(["verify-engine", str(d)]) == 1
-    assert (
-        "cannot tell the variant (quant_algo None, world_size 4); pass --variant"
-        in (capsys.readouterr().err)
+    assert "cannot tell the variant (quant_algo None, world_size 4); pass --variant" in (
+        capsys.readouterr().err
     )
 
 
@@ -85,9 +81,8 @@ def test_build_engine_without_tensorrt_llm_says_so(tmp_path, capsys):
         ]
     )
     assert code == 2
-    assert (
-        "TensorRT-LLM is not installed; the engine build needs tensorrt-llm==1.1.0"
-        in (capsys.readouterr().err)
+    assert "TensorRT-LLM is not installed; the engine build needs tensorrt-llm==1.1.0" in (
+        capsys.readouterr().err
     )
     assert list(tmp_path.iterdir()) == []
 

@@ -3,6 +3,7 @@ import json
 
 import pytest
 from engine_testlib import FP8_QUANT_CONFIG, NVFP4_QUANT_CONFIG, make_hf_checkpoint
+
 from trtllm_stack.engine.quant import check_matches_variant, read_quant_config
 from trtllm_stack.errors import UserError
 
@@ -52,9 +53,7 @@ def test_missing_file_on_block_fp8_checkpoint_says_what_it_found(tmp_path):
         "weight_block_size": [128, 128],
     }
     (ckpt / "config.json").write_text(json.dumps(hf))
-    with pytest.raises(
-        UserError, match=r"quant_method='fp8', weight_block_size=\[128, 128\]"
-    ):
+    with pytest.raises(UserError, match=r"quant_method='fp8', weight_block_size=\[128, 128\]"):
         read_quant_config(ckpt)
 
 
@@ -90,9 +89,7 @@ def test_not_json_and_wrong_shape(tmp_path):
     with pytest.raises(UserError, match="not valid JSON"):
         read_quant_config(ckpt)
     (ckpt / "hf_quant_config.json").write_text(json.dumps({"quant_algo": "NVFP4"}))
-    with pytest.raises(
-        UserError, match=r"'quantization' object, found \['quant_algo'\]"
-    ):
+    with pytest.raises(UserError, match=r"'quantization' object, found \['quant_algo'\]"):
         read_quant_config(ckpt)
 
 

@@ -11,6 +11,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+
 from trtllm_stack.engine.smoke import check_smoke_or_raise, garbage_reasons, run_smoke
 from trtllm_stack.errors import UserError
 
@@ -48,16 +49,12 @@ def test_real_text_is_not_garbage(name, text):
 
 def test_each_detector_names_its_reason():
     assert garbage_reasons("   ") == ["empty output"]
-    assert garbage_reasons("Paris \ufffd\ufffd") == [
-        "2 replacement character(s) U+FFFD"
-    ]
+    assert garbage_reasons("Paris \ufffd\ufffd") == ["2 replacement character(s) U+FFFD"]
     assert garbage_reasons("the cat sat the cat sat the cat sat") == [
         "phrase 'the cat sat' repeated back to back"
     ]
     # Three words shuffled over 18 positions: no run, no repeated phrase, just no variety.
-    words = " ".join(
-        " ".join(p) for p in itertools.permutations(["alpha", "beta", "gamma"])
-    )
+    words = " ".join(" ".join(p) for p in itertools.permutations(["alpha", "beta", "gamma"]))
     assert garbage_reasons(words) == ["only 3 distinct words in 18 (ratio 0.17 < 0.3)"]
 
 

@@ -2,6 +2,7 @@ import json
 
 import pytest
 from engine_testlib import HF_QWEN3_CONFIG, engine_config, make_engine_dir, sparse_file
+
 from trtllm_stack.engine.verify import (
     check_or_raise,
     expected_rank_bytes,
@@ -23,9 +24,7 @@ def problems(path, variant):
 
 @pytest.mark.parametrize("variant", TABLE.variants, ids=lambda v: v.name)
 def test_good_engine_passes_for_every_variant(tmp_path, variant):
-    report = verify_engine_dir(
-        make_engine_dir(tmp_path / "e", variant), variant, VERSION
-    )
+    report = verify_engine_dir(make_engine_dir(tmp_path / "e", variant), variant, VERSION)
     assert report.problems == []
     check_or_raise(report)
     assert any("rank engine" in f for f in report.facts)
@@ -36,7 +35,7 @@ def test_seed_sizes_pass_and_bf16_fails():
     tp1, tp4 = expected_rank_bytes(NVFP4_TP1), expected_rank_bytes(NVFP4_TP4)
     assert tp1.lower <= 20 * GB <= tp1.upper
     assert tp4.lower <= 6 * GB <= tp4.upper
-    assert 16 * GB > tp4.upper
+    assert tp4.upper < 16 * GB
 
 
 def test_quantizations_do_not_overlap_at_same_tp():
@@ -54,9 +53,7 @@ def test_unquantized_engine_fails_naming_expected_and_found(tmp_path):
         rank_bytes=16 * GB,
     )
     found = problems(d, NVFP4_TP4)
-    assert any(
-        "quant_algo: expected 'NVFP4', found None (unquantized" in p for p in found
-    )
+    assert any("quant_algo: expected 'NVFP4', found None (unquantized" in p for p in found)
     assert sum("size: expected" in p and "found 16.00 GB" in p for p in found) == 4
     with pytest.raises(UserError) as exc:
         check_or_raise(verify_engine_dir(d, NVFP4_TP4, VERSION))
@@ -74,18 +71,14 @@ def test_missing_rank(tmp_path):
 def test_extra_rank(tmp_path):
     d = make_engine_dir(tmp_path / "e", NVFP4_TP4)
     sparse_file(d / "rank4.engine", 10)
-    assert problems(d, NVFP4_TP4) == [
-        "rank engines: expected exactly 4, found extra rank4.engine"
-    ]
+    assert problems(d, NVFP4_TP4) == ["rank engines: expected exactly 4, found extra rank4.engine"]
 
 
 def test_world_size_mismatch(tmp_path):
     tp2 = TABLE.get("qwen3-32b-nvfp4-tp2")
     d = make_engine_dir(tmp_path / "e", NVFP4_TP4, config=engine_config(tp2))
     found = problems(d, NVFP4_TP4)
-    assert (
-        "config.json pretrained_config.mapping.world_size: expected 4, found 2" in found
-    )
+    assert "config.json pretrained_config.mapping.world_size: expected 4, found 2" in found
     assert "config.json mapping.tp_size: expected 4, found 2" in found
 
 
@@ -106,9 +99,7 @@ def test_checkpoint_config_copied_over_engine_config(tmp_path):
 
 
 def test_wrong_version(tmp_path):
-    d = make_engine_dir(
-        tmp_path / "e", NVFP4_TP1, config=engine_config(NVFP4_TP1, version="1.0.0")
-    )
+    d = make_engine_dir(tmp_path / "e", NVFP4_TP1, config=engine_config(NVFP4_TP1, version="1.0.0"))
     assert problems(d, NVFP4_TP1) == [
         "config.json version: expected '1.1.0' (the TensorRT-LLM the server runs), found '1.0.0'"
     ]
@@ -130,14 +121,8 @@ def test_missing_tokenizer_and_config(tmp_path):
     d = make_engine_dir(tmp_path / "e", NVFP4_TP1, tokenizer=False)
     (d / "config.json").unlink()
     found = problems(d, NVFP4_TP1)
-    assert (
-        found[0]
-        == f"{d / 'config.json'}: missing; expected the TensorRT-LLM engine config"
-    )
-    assert (
-        "tokenizer file tokenizer.json: expected in the engine dir, found missing"
-        in found
-    )
+    assert found[0] == f"{d / 'config.json'}: missing; expected the TensorRT-LLM engine config"
+    assert "tokenizer file tokenizer.json: expected in the engine dir, found missing" in found
 
 
 def test_config_not_json(tmp_path):
@@ -149,14 +134,9 @@ def test_config_not_json(tmp_path):
 
 
 def test_not_a_directory(tmp_path):
-    assert problems(tmp_path / "missing", NVFP4_TP1) == [
-        f"{tmp_path / 'missing'}: not a directory"
-    ]
+    assert problems(tmp_path / "missing", NVFP4_TP1) == [f"{tmp_path / 'missing'}: not a directory"]
 
 
 def test_local_build_tag_of_the_same_release_passes(tmp_path):
     config = engine_config(NVFP4_TP1, version="1.1.0+cu13")
-    assert (
-        problems(make_engine_dir(tmp_path / "e", NVFP4_TP1, config=config), NVFP4_TP1)
-        == []
-    )
+    assert problems(make_engine_dir(tmp_path / "e", NVFP4_TP1, config=config), NVFP4_TP1) == []

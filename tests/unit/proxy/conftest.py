@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 import httpx
 import pytest
+
 from trtllm_stack.proxy.app import create_app
 from trtllm_stack.proxy.settings import ProxySettings
 from trtllm_stack.tokenizer import bundled_qwen3_tokenizer_dir, load_tokenizer

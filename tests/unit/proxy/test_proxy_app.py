@@ -6,6 +6,7 @@ import asyncio
 import json
 
 import pytest
+
 from trtllm_stack.proxy.engine import BackendSilent, TokenPump
 from trtllm_stack.proxy.pipeline import TextPipeline
 from trtllm_stack.triton.tensors import EngineChunk
@@ -87,14 +88,10 @@ async def test_tool_choice_variants(client, engine, tokenizer):
     }
     r = await client.post(
         "/v1/chat/completions",
-        json=chat(
-            tools=[tool], tool_choice={"type": "function", "function": {"name": "x"}}
-        ),
+        json=chat(tools=[tool], tool_choice={"type": "function", "function": {"name": "x"}}),
     )
     assert r.status_code == 400 and r.json()["error"]["param"] == "tool_choice"
-    await client.post(
-        "/v1/chat/completions", json=chat(tools=[tool, other], tool_choice="none")
-    )
+    await client.post("/v1/chat/completions", json=chat(tools=[tool, other], tool_choice="none"))
     assert "<tools>" not in tokenizer.decode(engine.requests[-1].prompt_ids)
     await client.post(
         "/v1/chat/completions",
@@ -106,9 +103,7 @@ async def test_tool_choice_variants(client, engine, tokenizer):
     prompt = tokenizer.decode(engine.requests[-1].prompt_ids)
     assert '"name": "g"' in prompt and '"name": "f"' not in prompt
     assert "`g`" in prompt
-    await client.post(
-        "/v1/chat/completions", json=chat(tools=[tool], tool_choice="required")
-    )
+    await client.post("/v1/chat/completions", json=chat(tools=[tool], tool_choice="required"))
     assert "must call at least one" in tokenizer.decode(engine.requests[-1].prompt_ids)
 
 
@@ -140,9 +135,7 @@ async def test_validation_errors_name_the_field(client):
 
 
 async def test_unknown_fields_are_tolerated(client):
-    r = await client.post(
-        "/v1/chat/completions", json=chat(user="u1", store=False, metadata={})
-    )
+    r = await client.post("/v1/chat/completions", json=chat(user="u1", store=False, metadata={}))
     assert r.status_code == 200
 
 
@@ -155,12 +148,8 @@ async def test_unknown_route_is_json_404(client):
 async def test_api_key_constant_time_bearer(make_client):
     c = make_client(api_key="k1")
     assert (await c.get("/v1/models")).status_code == 401
-    assert (
-        await c.get("/v1/models", headers={"Authorization": "Bearer k2"})
-    ).status_code == 401
-    assert (
-        await c.get("/v1/models", headers={"Authorization": "Bearer k1"})
-    ).status_code == 200
+    assert (await c.get("/v1/models", headers={"Authorization": "Bearer k2"})).status_code == 401
+    assert (await c.get("/v1/models", headers={"Authorization": "Bearer k1"})).status_code == 200
     assert (await c.get("/health")).status_code == 200
 
 
@@ -232,20 +221,14 @@ async def test_stream_chunks_are_valid_and_final_once(client, engine):
 async def test_completions_prompt_forms(client, engine, tokenizer):
     ids = tokenizer.encode("hello world", add_special_tokens=False)
     for prompt in ("hello world", ["hello world"], ids, [ids]):
-        r = await client.post(
-            "/v1/completions", json={"model": "qwen3", "prompt": prompt}
-        )
+        r = await client.post("/v1/completions", json={"model": "qwen3", "prompt": prompt})
         assert r.status_code == 200, r.text
         assert list(engine.requests[-1].prompt_ids) == ids
-    r = await client.post(
-        "/v1/completions", json={"model": "qwen3", "prompt": ["a", "b"]}
-    )
+    r = await client.post("/v1/completions", json={"model": "qwen3", "prompt": ["a", "b"]})
     assert r.status_code == 400 and r.json()["error"]["param"] == "prompt"
     r = await client.post("/v1/completions", json={"model": "qwen3", "prompt": [10**9]})
     assert r.status_code == 400
-    r = await client.post(
-        "/v1/completions", json={"model": "qwen3", "prompt": "x", "echo": True}
-    )
+    r = await client.post("/v1/completions", json={"model": "qwen3", "prompt": "x", "echo": True})
     assert r.status_code == 400 and r.json()["error"]["param"] == "echo"
 
 
