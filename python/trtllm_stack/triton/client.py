@@ -204,11 +204,13 @@ class EngineClient:
         except grpc.aio.AioRpcError as exc:
             raise _as_engine_exception(exc) from None
         finally:
-            done.set()
             # Early exit (client went away, stop string, timeout): cancel the RPC so Triton
-            # cancels the request instead of generating for nobody.
+            # cancels the request instead of generating for nobody. Cancel before ending our
+            # half of the stream: a half-close racing the cancel is one more state transition
+            # for Triton's stream handler to get right under mass disconnects.
             if not call.done():
                 call.cancel()
+            done.set()
 
 
 def _as_engine_exception(exc: grpc.aio.AioRpcError) -> Exception:
