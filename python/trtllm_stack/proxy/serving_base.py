@@ -12,10 +12,11 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any, Protocol, TypeVar
 
 from starlette.requests import Request
+from starlette.responses import Response
 
 from trtllm_stack.proxy.engine import (
     BackendSilent,
@@ -33,12 +34,13 @@ from trtllm_stack.proxy.errors import (
     ModelNotFound,
     Overloaded,
     ProxyError,
+    json_response,
 )
 from trtllm_stack.proxy.metrics import ProxyMetrics
 from trtllm_stack.proxy.protocol import _SamplingRequest
 from trtllm_stack.proxy.settings import ProxySettings
 from trtllm_stack.proxy.special_tokens import LiteralText
-from trtllm_stack.triton.tensors import EngineRequest
+from trtllm_stack.triton.tensors import EngineChunk, EngineRequest
 
 log = logging.getLogger("trtllm_stack.proxy")
 
@@ -302,3 +304,62 @@ def completion_logprobs(
         "top_logprobs": None,
         "text_offset": offsets,
     }
+
+
+class _Plan(Protocol):
+    engine_req: EngineRequest
+    request_id: str
+
+
+def abandon(pump: TokenPump | None, lease: Lease) -> None:
+    if pump is not None:
+        pump.close()
+    lease.release()
+
+
+async def serve_plan(
+    ctx: ServingContext,
+    request: Request,
+    plan: _Plan,
+    *,
+    stream: bool,
+    aggregate: Callable[[TokenPump, Lease], Awaitable[dict[str, Any]]],
+    events: Callable[[TokenPump, list[EngineChunk] | None, Lease], AsyncIterator[bytes]],
+) -> Response:
+    """Admit, start the engine request, then answer as JSON or as an SSE stream.
+
+    Shared by chat and completions: the pump and the lease are released on every path.
+    """
+    from trtllm_stack.proxy.sse import SSEResponse
+
+    lease = ctx.admit()
+    pump: TokenPump | None = None
+    try:
+        pump = ctx.start(plan.engine_req, plan.request_id)
+        if not stream:
+            result = await until_disconnect(request, aggregate(pump, lease))
+            abandon(pump, lease)
+            return json_response(200, result)
+        # Wait for the first chunk before answering so that a backend that is down gives
+        # a proper 503 instead of a 200 stream carrying an error.
+        first = await until_disconnect(request, pump.next_batch())
+    except ClientGone:
+        ctx.metrics.count_error("client_disconnected")
+        abandon(pump, lease)
+        return Response(status_code=499)
+    except ProxyError:
+        abandon(pump, lease)
+        raise
+    except Exception as exc:
+        abandon(pump, lease)
+        raise backend_error(exc) from None
+    except BaseException:
+        abandon(pump, lease)
+        raise
+    owned_pump = pump
+
+    def cleanup() -> None:
+        owned_pump.close()
+        lease.release()
+
+    return SSEResponse(events(owned_pump, first, lease), cleanup, ctx.settings.send_timeout)

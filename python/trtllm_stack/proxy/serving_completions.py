@@ -11,20 +11,19 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from trtllm_stack.proxy.engine import TokenPump
-from trtllm_stack.proxy.errors import InvalidRequest, ProxyError, json_response
+from trtllm_stack.proxy.errors import InvalidRequest
 from trtllm_stack.proxy.pipeline import TextPipeline
 from trtllm_stack.proxy.protocol import CompletionRequest
 from trtllm_stack.proxy.serving_base import (
-    ClientGone,
     Lease,
     ServingContext,
     backend_error,
     completion_logprobs,
     new_request_id,
-    until_disconnect,
+    serve_plan,
     usage,
 )
-from trtllm_stack.proxy.sse import DONE, ChunkTemplate, SSEResponse, dumps, event
+from trtllm_stack.proxy.sse import DONE, ChunkTemplate, dumps, event
 from trtllm_stack.triton.tensors import EngineChunk, EngineRequest
 
 
@@ -38,12 +37,6 @@ class CompletionPlan:
     stops: list[str]
     include_usage: bool
     want_logprobs: bool
-
-
-def _abandon(pump: TokenPump | None, lease: Lease) -> None:
-    if pump is not None:
-        pump.close()
-    lease.release()
 
 
 class CompletionService:
@@ -107,36 +100,13 @@ class CompletionService:
         ctx.metrics.requests.labels("completions").inc()
         plan = await self.plan(body)
         ctx.metrics.prompt_tokens.inc(plan.prompt_tokens)
-        lease = ctx.admit()
-        pump: TokenPump | None = None
-        try:
-            pump = ctx.start(plan.engine_req, plan.request_id)
-            if not body.stream:
-                result = await until_disconnect(request, self._aggregate(plan, pump, lease))
-                _abandon(pump, lease)
-                return json_response(200, result)
-            first = await until_disconnect(request, pump.next_batch())
-        except ClientGone:
-            ctx.metrics.count_error("client_disconnected")
-            _abandon(pump, lease)
-            return Response(status_code=499)
-        except ProxyError:
-            _abandon(pump, lease)
-            raise
-        except Exception as exc:
-            _abandon(pump, lease)
-            raise backend_error(exc) from None
-        except BaseException:
-            _abandon(pump, lease)
-            raise
-        owned_pump = pump
-
-        def cleanup() -> None:
-            owned_pump.close()
-            lease.release()
-
-        return SSEResponse(
-            self._stream(plan, owned_pump, first, lease), cleanup, ctx.settings.send_timeout
+        return await serve_plan(
+            ctx,
+            request,
+            plan,
+            stream=bool(body.stream),
+            aggregate=lambda pump, lease: self._aggregate(plan, pump, lease),
+            events=lambda pump, first, lease: self._stream(plan, pump, first, lease),
         )
 
     async def _aggregate(
