@@ -6,12 +6,13 @@ import asyncio
 import json
 import threading
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import uvicorn
 
 from trtllm_stack.proxy.app import create_app
@@ -90,3 +91,19 @@ def start_proxy(tokenizer_dir: Path, **settings: Any) -> RunningProxy:
             raise RuntimeError("proxy did not start")
         time.sleep(0.02)
     return RunningProxy(f"http://127.0.0.1:{port}", app, server, thread)
+
+
+@pytest.fixture
+def proxy_factory(qwen3_tokenizer_dir: Path) -> Iterator[Callable[..., RunningProxy]]:
+    """Start proxies with given settings; stopped at test end (shared by proxy and
+    reliability tests, imported into their conftest files)."""
+    started: list[RunningProxy] = []
+
+    def start(**settings: Any) -> RunningProxy:
+        running = start_proxy(qwen3_tokenizer_dir, **settings)
+        started.append(running)
+        return running
+
+    yield start
+    for running in started:
+        running.stop()

@@ -34,13 +34,13 @@ def _wait_ready(base_url: str, timeout: float = 60.0) -> None:
     )
 
 
-def test_proxy_started_before_triton_then_serves(reliability_proxy, scripted_repo, tmp_path):
+def test_proxy_started_before_triton_then_serves(proxy_factory, scripted_repo, tmp_path):
     ports = {
         "http_port": free_port(),
         "grpc_port": free_port(),
         "metrics_port": free_port(),
     }
-    proxy = reliability_proxy(triton_url=f"127.0.0.1:{ports['grpc_port']}")
+    proxy = proxy_factory(triton_url=f"127.0.0.1:{ports['grpc_port']}")
 
     assert httpx.get(proxy.base_url + "/health").status_code == 200
     ready = httpx.get(proxy.base_url + "/health/ready", timeout=10)
@@ -84,11 +84,9 @@ async def _read_stream(client: httpx.AsyncClient, body: dict, started: asyncio.E
     return {"status": status, "events": parse_sse(raw), "ended_at": time.monotonic()}
 
 
-def test_triton_killed_mid_stream_ends_every_stream_then_recovers(
-    reliability_proxy, triton_factory
-):
+def test_triton_killed_mid_stream_ends_every_stream_then_recovers(proxy_factory, triton_factory):
     triton = triton_factory(token_delay_ms=20, default_reply_tokens=2000)
-    proxy = reliability_proxy(triton_url=triton.endpoints.grpc_url)
+    proxy = proxy_factory(triton_url=triton.endpoints.grpc_url)
 
     async def scenario() -> tuple[list[dict], list[httpx.Response], float]:
         timeout = httpx.Timeout(30.0)
@@ -155,12 +153,12 @@ def test_triton_killed_mid_stream_ends_every_stream_then_recovers(
         again.stop()
 
 
-def test_hundred_clients_disconnect_mid_stream(reliability_proxy, triton_factory):
+def test_hundred_clients_disconnect_mid_stream(proxy_factory, triton_factory):
     # A server of its own: a mass disconnect must not be able to take down the session's
     # shared server (Triton 2.51's gRPC layer once aborted here under heavy CI load).
     # Each request asks for 50 ms per token of its 200 tokens.
     triton = triton_factory()
-    proxy = reliability_proxy(triton_url=triton.endpoints.grpc_url)
+    proxy = proxy_factory(triton_url=triton.endpoints.grpc_url)
     warm = httpx.post(
         proxy.v1 + "/chat/completions", json=chat_body("[reply]w[/reply]"), timeout=30
     )
@@ -218,11 +216,9 @@ def test_hundred_clients_disconnect_mid_stream(reliability_proxy, triton_factory
     print(f"proxy tasks before {tasks_before}, after {proxy_tasks(proxy)}")
 
 
-def test_client_that_stops_reading_is_cancelled_others_unaffected(
-    reliability_proxy, triton_factory
-):
+def test_client_that_stops_reading_is_cancelled_others_unaffected(proxy_factory, triton_factory):
     triton = triton_factory(token_delay_ms=0.2, default_reply_tokens=30000)
-    proxy = reliability_proxy(triton_url=triton.endpoints.grpc_url, send_timeout=2.0)
+    proxy = proxy_factory(triton_url=triton.endpoints.grpc_url, send_timeout=2.0)
     port = int(proxy.base_url.rsplit(":", 1)[1])
     # logprobs make each event bigger, so the socket buffers fill sooner.
     payload = chat_body("flood me", logprobs=True)
