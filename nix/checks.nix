@@ -40,7 +40,8 @@ in
         NIX_NCCL = builtins.toJSON (import ./lib/nccl.nix).env;
       }
       ''
-        python3 ${./check_nix_eval.py}
-        touch "$out"
+        # The verdict is the output, so a test can read it even when the store already has it.
+        python3 ${./check_nix_eval.py} > "$out"
+        cat "$out"
       '';
 }
