@@ -23,6 +23,13 @@ _FLAGS: list[tuple[str, str, dict[str, Any], str]] = [
     ("--default-max-tokens", "default_max_tokens", {"type": int}, "when a request has none"),
     ("--backend-timeout", "backend_timeout", {"type": float}, "seconds of backend silence"),
     ("--send-timeout", "send_timeout", {"type": float}, "seconds a stalled client is kept"),
+    (
+        "--tool-call-streaming",
+        "tool_call_streaming",
+        {"choices": ["incremental", "buffered"]},
+        "stream a tool call's arguments as they arrive (incremental, default) or send each"
+        " call whole once complete (buffered: a broken call comes back as content)",
+    ),
     ("--log-level", "log_level", {}, "uvicorn log level (default info)"),
 ]
 

@@ -12,7 +12,11 @@ from typing import Any
 
 from trtllm_stack.proxy.detokenizer import IncrementalDetokenizer
 from trtllm_stack.proxy.parsers.reasoning import Qwen3ReasoningParser
-from trtllm_stack.proxy.parsers.tool_calls import Qwen3ToolCallParser, ToolCallDelta
+from trtllm_stack.proxy.parsers.tool_calls import (
+    Qwen3ToolCallParser,
+    ToolCallDelta,
+    ToolCallStreaming,
+)
 from trtllm_stack.proxy.stop import StopMatcher
 
 _NO_DELTAS: list[ToolCallDelta] = []
@@ -36,6 +40,7 @@ class TextPipeline:
         thinking_enabled: bool = True,
         think_in_prompt: bool = False,
         tool_names: Sequence[str] | None = None,
+        tool_call_streaming: ToolCallStreaming = "incremental",
     ) -> None:
         self._detok = IncrementalDetokenizer(tokenizer, skip_special_tokens=True)
         self._stop = StopMatcher(stops) if stops else None
@@ -44,12 +49,21 @@ class TextPipeline:
             if reasoning
             else None
         )
-        self._tools = Qwen3ToolCallParser(list(tool_names)) if tool_names is not None else None
+        self._tools = (
+            Qwen3ToolCallParser(tool_names, streaming=tool_call_streaming)
+            if tool_names is not None
+            else None
+        )
         self.stopped = False
 
     @property
     def called_tools(self) -> bool:
         return self._tools is not None and bool(self._tools.called)
+
+    @property
+    def tool_call_truncated(self) -> bool:
+        """The output ended inside a tool call whose name was already streamed."""
+        return self._tools is not None and self._tools.truncated
 
     def push(self, token_ids: Sequence[int]) -> tuple[str, str, list[ToolCallDelta]]:
         if self.stopped:

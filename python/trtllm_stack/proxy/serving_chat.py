@@ -15,7 +15,11 @@ from starlette.responses import Response
 from trtllm_stack.proxy.engine import TokenPump
 from trtllm_stack.proxy.errors import InvalidRequest
 from trtllm_stack.proxy.parsers.reasoning import split_reasoning
-from trtllm_stack.proxy.parsers.tool_calls import ToolCallDelta, parse_tool_calls
+from trtllm_stack.proxy.parsers.tool_calls import (
+    ToolCallDelta,
+    ToolCallStreaming,
+    parse_tool_calls,
+)
 from trtllm_stack.proxy.pipeline import TextPipeline
 from trtllm_stack.proxy.protocol import ChatCompletionRequest, ChatMessage, NamedToolChoice
 from trtllm_stack.proxy.serving_base import (
@@ -57,6 +61,7 @@ class ChatPlan:
     reasoning: bool
     include_usage: bool
     want_logprobs: bool
+    tool_call_streaming: ToolCallStreaming = "incremental"
 
 
 def _message_text(msg: ChatMessage, index: int) -> str | None:
@@ -238,6 +243,7 @@ class ChatService:
                 body.stream and body.stream_options and body.stream_options.include_usage
             ),
             want_logprobs=want_logprobs,
+            tool_call_streaming=ctx.settings.tool_call_streaming,
         )
 
     async def handle(self, request: Request, body: ChatCompletionRequest) -> Response:
@@ -351,6 +357,7 @@ class ChatService:
             thinking_enabled=plan.thinking_enabled,
             think_in_prompt=plan.think_in_prompt,
             tool_names=plan.tool_names,
+            tool_call_streaming=plan.tool_call_streaming,
         )
         want_lp = plan.want_logprobs
         out: list[bytes] = [tpl.chunk(b'{"role":"assistant","content":""}')]
@@ -403,6 +410,14 @@ class ChatService:
             out.append(tpl.chunk(_delta_body(r, c, deltas)))
         if pipeline.called_tools:
             finish = "tool_calls"
+            # A call already streamed and then cut off by max_tokens cannot be taken back;
+            # "length" tells the client its arguments are incomplete (as OpenAI does).
+            if (
+                pipeline.tool_call_truncated
+                and not pipeline.stopped
+                and ctx.finish_reason(plan.engine_req, n_out, last) == "length"
+            ):
+                finish = "length"
         elif pipeline.stopped:
             finish = "stop"
         else:

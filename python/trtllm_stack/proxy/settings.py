@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -50,6 +50,11 @@ class ProxySettings(BaseSettings):
         description="seconds a client may stop reading a stream before its request is cancelled",
     )
     reasoning_parser: bool = Field(default=True, description="split <think> into reasoning_content")
+    tool_call_streaming: Literal["incremental", "buffered"] = Field(
+        default="incremental",
+        description="incremental: a tool call's name, then its argument fragments as they"
+        " arrive; buffered: each call whole once its block closed (a broken block: content)",
+    )
     log_level: str = "info"
 
     @field_validator("cors_origins", mode="before")

@@ -212,6 +212,124 @@ async def test_tool_calls_stream_async(aclient):
     assert all(calls[i]["id"] for i in (0, 1))
 
 
+def collect_tool_calls(chunks) -> tuple[dict[int, list], str | None, str]:
+    """Per call index, the tool-call delta entries in order; the finish reason; content."""
+    calls: dict[int, list] = {}
+    finish = None
+    content = ""
+    for chunk in chunks:
+        if not chunk.choices:
+            continue
+        choice = chunk.choices[0]
+        content += choice.delta.content or ""
+        for tc in choice.delta.tool_calls or []:
+            calls.setdefault(tc.index, []).append(tc)
+        finish = choice.finish_reason or finish
+    return calls, finish, content
+
+
+LONG_TOOL_REPLY = (
+    "<tool_call>\n"
+    '{"name": "get_weather", "arguments": {"city": "Paris", "note": "a \\"quoted\\" }'
+    ' brace and </tool_call> inside", "days": [1, 2, 3]}}\n</tool_call>\n'
+    "<tool_call>\n"
+    '{"name": "get_weather", "arguments": {"city": "東京 😀"}}\n</tool_call>'
+)
+
+
+def test_tool_call_arguments_stream_in_fragments(triton_factory, proxy_factory, tokenizer):
+    # A per-token delay so that tokens do not arrive together (one SSE chunk per token).
+    slow = triton_factory(token_delay_ms=5)
+    running = proxy_factory(triton_url=slow.endpoints.grpc_url)
+    c = openai.OpenAI(base_url=running.v1, api_key="sk-dummy", max_retries=0)
+    whole = c.chat.completions.create(
+        model="qwen3", messages=reply(LONG_TOOL_REPLY), tools=[WEATHER_TOOL]
+    )
+    expected = [
+        (t.function.name, t.function.arguments) for t in whole.choices[0].message.tool_calls
+    ]
+    # The model's own arguments text, verbatim.
+    assert [a for _, a in expected] == [
+        '{"city": "Paris", "note": "a \\"quoted\\" } brace and </tool_call> inside",'
+        ' "days": [1, 2, 3]}',
+        '{"city": "東京 😀"}',
+    ]
+
+    stream = c.chat.completions.create(
+        model="qwen3", messages=reply(LONG_TOOL_REPLY), tools=[WEATHER_TOOL], stream=True
+    )
+    calls, finish, content = collect_tool_calls(stream)
+    assert finish == "tool_calls" and content == ""
+    assert sorted(calls) == [0, 1]
+    for i, (name, arguments) in enumerate(expected):
+        first, *rest = calls[i]
+        assert first.id and first.id.startswith("call_") and first.type == "function"
+        assert first.function.name == name
+        assert len(rest) > 1  # more than one arguments fragment after the name
+        assert all(tc.id is None and tc.function.name is None for tc in rest)
+        assert "".join(tc.function.arguments or "" for tc in calls[i]) == arguments
+    assert calls[0][0].id != calls[1][0].id
+
+    # Cut by max_tokens inside the first call's arguments: the call stays as streamed,
+    # finish_reason is "length"; not streamed, the cut block is content.
+    ids = tokenizer.encode(LONG_TOOL_REPLY, add_special_tokens=False)
+    cut = next(n for n in range(len(ids)) if '"city": "Pa' in tokenizer.decode(ids[:n]))
+    stream = c.chat.completions.create(
+        model="qwen3",
+        messages=reply(LONG_TOOL_REPLY),
+        tools=[WEATHER_TOOL],
+        stream=True,
+        max_tokens=cut,
+    )
+    calls, finish, content = collect_tool_calls(stream)
+    assert finish == "length" and content == ""
+    assert list(calls) == [0] and calls[0][0].function.name == "get_weather"
+    sent = "".join(tc.function.arguments or "" for tc in calls[0])
+    assert expected[0][1].startswith(sent) and sent.startswith('{"city": "Pa')
+    out = c.chat.completions.create(
+        model="qwen3", messages=reply(LONG_TOOL_REPLY), tools=[WEATHER_TOOL], max_tokens=cut
+    )
+    assert out.choices[0].finish_reason == "length"
+    assert out.choices[0].message.tool_calls is None
+    assert out.choices[0].message.content == tokenizer.decode(ids[:cut])
+
+
+def test_tool_call_streaming_buffered(triton, proxy_factory, tokenizer):
+    running = proxy_factory(triton_url=triton.endpoints.grpc_url, tool_call_streaming="buffered")
+    c = openai.OpenAI(base_url=running.v1, api_key="sk-dummy", max_retries=0)
+    whole = c.chat.completions.create(
+        model="qwen3", messages=reply(LONG_TOOL_REPLY), tools=[WEATHER_TOOL]
+    )
+    expected = [
+        (t.function.name, t.function.arguments) for t in whole.choices[0].message.tool_calls
+    ]
+    stream = c.chat.completions.create(
+        model="qwen3", messages=reply(LONG_TOOL_REPLY), tools=[WEATHER_TOOL], stream=True
+    )
+    calls, finish, content = collect_tool_calls(stream)
+    assert finish == "tool_calls" and content == ""
+    # Each call in one delta: id, name and the whole arguments.
+    assert [len(calls[i]) for i in sorted(calls)] == [1, 1]
+    assert [(calls[i][0].function.name, calls[i][0].function.arguments) for i in (0, 1)] == (
+        expected
+    )
+    assert all(calls[i][0].id for i in (0, 1))
+
+    # A block cut off by max_tokens was never announced: it comes back as content.
+    ids = tokenizer.encode(LONG_TOOL_REPLY, add_special_tokens=False)
+    cut = next(n for n in range(len(ids)) if '"city": "Pa' in tokenizer.decode(ids[:n]))
+    stream = c.chat.completions.create(
+        model="qwen3",
+        messages=reply(LONG_TOOL_REPLY),
+        tools=[WEATHER_TOOL],
+        stream=True,
+        max_tokens=cut,
+    )
+    calls, finish, content = collect_tool_calls(stream)
+    assert calls == {} and finish == "length"
+    assert content == tokenizer.decode(ids[:cut])
+
+
 def test_tool_choice_none_leaves_text_as_content(client):
     text = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
     out = client.chat.completions.create(

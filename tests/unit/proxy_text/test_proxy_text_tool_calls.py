@@ -1,4 +1,7 @@
-"""Qwen3ToolCallParser: streaming at every split equals parse_tool_calls."""
+"""Qwen3ToolCallParser: streaming (both modes) at every split equals parse_tool_calls.
+
+Incremental-mode specifics (fragments, fallbacks, blocks that break after their name was
+streamed) are in tests/unit/proxy/test_proxy_tool_call_streaming.py."""
 
 from __future__ import annotations
 
@@ -12,16 +15,23 @@ from hypothesis import strategies as st
 from trtllm_stack.proxy.parsers.tool_calls import (
     Qwen3ToolCallParser,
     ToolCallDelta,
+    ToolCallStreaming,
     parse_tool_calls,
 )
 
 TOOLS = {"get_weather", "search"}
 
 
+MODES = ["incremental", "buffered"]
+
+
 def stream(
-    text: str, cuts: list[int], tool_names: set[str] | None = TOOLS
+    text: str,
+    cuts: list[int],
+    tool_names: set[str] | None = TOOLS,
+    mode: ToolCallStreaming = "incremental",
 ) -> tuple[str, list[tuple[str, str]], list[ToolCallDelta], bool]:
-    parser = Qwen3ToolCallParser(tool_names)
+    parser = Qwen3ToolCallParser(tool_names, streaming=mode)
     bounds = [0, *sorted(c for c in cuts if 0 < c < len(text)), len(text)]
     content: list[str] = []
     deltas: list[ToolCallDelta] = []
@@ -54,15 +64,13 @@ WEATHER = (
     '<tool_call>\n{"name": "get_weather", '
     '"arguments": {"city": "Paris", "unit": "c"}}\n</tool_call>'
 )
-WEATHER_ARGS = '{"city":"Paris","unit":"c"}'
+# Arguments are the model's text of the object, verbatim.
+WEATHER_ARGS = '{"city": "Paris", "unit": "c"}'
 TRICKY = (
     '<tool_call>\n{"name": "search", "arguments": {"q": "a </tool_call> b \\" } {", '
     '"nested": {"x": [1, {"y": "}"}]}}}\n</tool_call>'
 )
-TRICKY_ARGS = json.dumps(
-    {"q": 'a </tool_call> b " } {', "nested": {"x": [1, {"y": "}"}]}},
-    separators=(",", ":"),
-)
+TRICKY_ARGS = '{"q": "a </tool_call> b \\" } {", "nested": {"x": [1, {"y": "}"}]}}'
 
 CASES = [
     (
@@ -84,15 +92,10 @@ CASES = [
     (
         '<tool_call>{"name": "search", "parameters": {"q": "日本 😀"}}</tool_call>',
         "",
-        [("search", '{"q":"日本 😀"}')],
+        [("search", '{"q": "日本 😀"}')],
     ),
     # Broken blocks come back verbatim as content; valid neighbours still parse.
     (
-        '<tool_call>{"name": "search", "arguments": {"q": </tool_call>',
-        '<tool_call>{"name": "search", "arguments": {"q": </tool_call>',
-        [],
-    ),
-    (
         '<tool_call>{"name": "rm_rf", "arguments": {}}</tool_call>',
         '<tool_call>{"name": "rm_rf", "arguments": {}}</tool_call>',
         [],
@@ -110,11 +113,6 @@ CASES = [
     (
         "<tool_call>I will search</tool_call>",
         "<tool_call>I will search</tool_call>",
-        [],
-    ),
-    (
-        '<tool_call>{"name": "search", "arguments": {"x": NaN}}</tool_call>',
-        '<tool_call>{"name": "search", "arguments": {"x": NaN}}</tool_call>',
         [],
     ),
     (
@@ -127,31 +125,58 @@ CASES = [
         '\n<tool_call>\n{"name": "search", "argu',
         [("get_weather", WEATHER_ARGS)],
     ),
-    (
-        '<tool_call>{"name": "search", "arguments": {"q": "unterminated</tool_call>',
-        '<tool_call>{"name": "search", "arguments": {"q": "unterminated</tool_call>',
-        [],
-    ),
     ("trailing partial <tool_c", "trailing partial <tool_c", []),
     ("  \n", "  \n", []),
+    # Repeated keys are ambiguous: not a call.
+    (
+        '<tool_call>{"name": "search", "name": "get_weather"}</tool_call>',
+        '<tool_call>{"name": "search", "name": "get_weather"}</tool_call>',
+        [],
+    ),
+]
+
+# Broken only after a valid head: content when buffered (and non-streaming); incremental
+# mode has already announced the call (tests/unit/proxy/test_proxy_tool_call_streaming.py).
+BROKEN_AFTER_HEAD = [
+    '<tool_call>{"name": "search", "arguments": {"q": </tool_call>',
+    '<tool_call>{"name": "search", "arguments": {"x": NaN}}</tool_call>',
+    '<tool_call>{"name": "search", "arguments": {"q": "unterminated</tool_call>',
+    '<tool_call>{"name": "search", "arguments": {"q": 1}, "arguments": {}}</tool_call>',
 ]
 
 
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize(("text", "content", "calls"), CASES)
 def test_every_split_point_gives_the_same_result(
-    text: str, content: str, calls: list[tuple[str, str]]
+    text: str, content: str, calls: list[tuple[str, str]], mode: ToolCallStreaming
 ) -> None:
     assert non_stream(text) == (content, calls)
     for cut in range(len(text) + 1):
-        assert stream(text, [cut])[:2] == (content, calls), cut
-    assert stream(text, list(range(len(text))))[:2] == (content, calls)
+        assert stream(text, [cut], mode=mode)[:2] == (content, calls), cut
+    assert stream(text, list(range(len(text))), mode=mode)[:2] == (content, calls)
 
 
-@pytest.mark.parametrize("text", [WEATHER, TRICKY, CASES[9][0]])
-def test_every_pair_of_split_points(text: str) -> None:
+@pytest.mark.parametrize("text", BROKEN_AFTER_HEAD)
+def test_broken_blocks_are_content_when_buffered(text: str) -> None:
+    assert non_stream(text) == (text, [])
+    for cut in range(len(text) + 1):
+        assert stream(text, [cut], mode="buffered")[:2] == (text, []), cut
+
+
+@pytest.mark.parametrize(
+    ("text", "mode"),
+    [
+        (WEATHER, "incremental"),
+        (WEATHER, "buffered"),
+        (TRICKY, "incremental"),
+        (TRICKY, "buffered"),
+        (BROKEN_AFTER_HEAD[0], "buffered"),
+    ],
+)
+def test_every_pair_of_split_points(text: str, mode: ToolCallStreaming) -> None:
     expected = non_stream(text)
     for cuts in itertools.combinations(range(1, len(text)), 2):
-        assert stream(text, list(cuts))[:2] == expected, cuts
+        assert stream(text, list(cuts), mode=mode)[:2] == expected, cuts
 
 
 def test_deltas_name_first_then_arguments_and_called_flag() -> None:
@@ -166,8 +191,8 @@ def test_deltas_name_first_then_arguments_and_called_flag() -> None:
     assert not stream("no calls <tool_call>{}</tool_call>", [3])[3]
 
 
-def test_nothing_is_emitted_before_the_block_closes() -> None:
-    parser = Qwen3ToolCallParser(TOOLS)
+def test_buffered_emits_nothing_before_the_block_closes() -> None:
+    parser = Qwen3ToolCallParser(TOOLS, streaming="buffered")
     assert parser.push("ok <tool_") == ("ok", [])
     assert parser.push('call>{"name": "search", "arguments": {"q": "</tool_call>"}}</tool') == (
         "",
@@ -175,7 +200,8 @@ def test_nothing_is_emitted_before_the_block_closes() -> None:
     )
     content, deltas = parser.push("_call> after")
     assert content == " after" and [d.name for d in deltas] == ["search", None]
-    assert json.loads(deltas[1].arguments or "") == {"q": "</tool_call>"}
+    assert deltas[1].arguments == '{"q": "</tool_call>"}'
+    assert json.loads(deltas[1].arguments) == {"q": "</tool_call>"}
 
 
 def test_without_tool_names_any_name_is_accepted() -> None:
@@ -211,9 +237,9 @@ FRAGMENTS = [
     parts=st.lists(st.sampled_from(FRAGMENTS), max_size=10),
     cuts=st.lists(st.integers(0, 400), max_size=12),
 )
-def test_random_streams_match_non_stream(parts: list[str], cuts: list[int]) -> None:
+def test_random_buffered_streams_match_non_stream(parts: list[str], cuts: list[int]) -> None:
     text = "".join(parts)
-    content, calls, _, called = stream(text, cuts)
+    content, calls, _, called = stream(text, cuts, mode="buffered")
     assert (content, calls) == non_stream(text)
     assert called == bool(calls)
     if not calls:
