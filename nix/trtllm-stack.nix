@@ -11,6 +11,7 @@
   uvicorn,
   pydantic-settings,
   tritonclient,
+  hpack,
   transformers,
   tokenizers,
   jinja2,
@@ -54,6 +55,7 @@ buildPythonPackage {
     uvicorn
     pydantic-settings
     tritonclient
+    hpack
     transformers
     tokenizers
     jinja2
@@ -68,6 +70,7 @@ buildPythonPackage {
     uvicorn
     pydantic-settings
     tritonclient
+    hpack
     transformers
     tokenizers
     jinja2

@@ -34,6 +34,7 @@ from trtllm_stack.proxy.serving_base import ServingContext
 from trtllm_stack.proxy.serving_chat import ChatService
 from trtllm_stack.proxy.serving_completions import CompletionService
 from trtllm_stack.proxy.settings import ProxySettings
+from trtllm_stack.proxy.sse import RAW_SEND
 
 log = logging.getLogger("trtllm_stack.proxy")
 
@@ -97,6 +98,14 @@ class GuardMiddleware:
         await self.app(scope, replay, send)
 
 
+class ProxyApp(FastAPI):
+    """FastAPI that leaves the server's ``send`` in the scope for SSE bodies (see sse.RAW_SEND)."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        scope[RAW_SEND] = send
+        await super().__call__(scope, receive, send)
+
+
 def _too_large(size: int, limit: int) -> PayloadTooLarge:
     return PayloadTooLarge(f"request body of {size}+ bytes exceeds the limit of {limit} bytes")
 
@@ -133,7 +142,7 @@ def create_app(
         if own_engine:
             await ctx.engine.close()
 
-    app = FastAPI(
+    app = ProxyApp(
         title="trtllm-stack OpenAI-compatible proxy",
         version="1",
         lifespan=lifespan,

@@ -1,10 +1,11 @@
-"""What the proxy needs from the inference backend, and the token pump that reads it.
+"""What the proxy needs from the inference backend.
 
-:class:`Engine` is the interface of :class:`trtllm_stack.triton.client.EngineClient`; unit
-tests substitute a fake. :class:`TokenPump` reads one request's chunks in a task of its own
-so that chunks which arrive while the previous event is being written are handed over
-together (one SSE event for several tokens under load), and so that a backend which goes
-silent is noticed without a per-token timer.
+:class:`Engine` is the interface of :class:`trtllm_stack.triton.client.EngineClient`. A
+request is a :class:`ChunkStream`: ``next_batch()`` hands over every chunk that arrived
+since the last call (one SSE event for several tokens when the writer falls behind), and
+``close()`` cancels the request. ``EngineClient`` implements it natively on its gRPC
+connection. Engines written as async generators (the unit tests' fakes) derive from
+:class:`GeneratorEngine`, whose :class:`TokenPump` reads the generator in a task of its own.
 """
 
 from __future__ import annotations
@@ -15,23 +16,31 @@ from collections import deque
 from collections.abc import AsyncIterator
 from typing import Protocol
 
-from trtllm_stack.triton.client import EngineError, EngineLimits, EngineUnavailable
+from trtllm_stack.triton.client import EngineError, EngineLimits, EngineSilent, EngineUnavailable
 from trtllm_stack.triton.tensors import EngineChunk, EngineRequest
 
 __all__ = [
-    "BackendSilent",
+    "ChunkStream",
     "Engine",
     "EngineError",
     "EngineLimits",
+    "EngineSilent",
     "EngineUnavailable",
+    "GeneratorEngine",
     "TokenPump",
 ]
 
 
+class ChunkStream(Protocol):
+    async def next_batch(self) -> list[EngineChunk] | None: ...
+
+    def close(self) -> None: ...
+
+
 class Engine(Protocol):
-    def generate(
-        self, req: EngineRequest, request_id: str | None = None
-    ) -> AsyncIterator[EngineChunk]: ...
+    async def open(
+        self, req: EngineRequest, request_id: str | None = None, *, timeout: float | None = None
+    ) -> ChunkStream: ...
 
     async def is_ready(self) -> bool: ...
 
@@ -40,8 +49,18 @@ class Engine(Protocol):
     async def close(self) -> None: ...
 
 
-class BackendSilent(Exception):
-    """No chunk from the backend for ``timeout`` seconds."""
+class GeneratorEngine:
+    """Base for engines that produce a request's chunks with an async generator."""
+
+    def generate(
+        self, req: EngineRequest, request_id: str | None = None
+    ) -> AsyncIterator[EngineChunk]:
+        raise NotImplementedError
+
+    async def open(
+        self, req: EngineRequest, request_id: str | None = None, *, timeout: float | None = None
+    ) -> ChunkStream:
+        return TokenPump(self.generate(req, request_id), timeout)
 
 
 class TokenPump:
@@ -63,7 +82,7 @@ class TokenPump:
         "_waiter",
     )
 
-    def __init__(self, chunks: AsyncIterator[EngineChunk], timeout: float) -> None:
+    def __init__(self, chunks: AsyncIterator[EngineChunk], timeout: float | None) -> None:
         self._loop = asyncio.get_running_loop()
         self._items: deque[EngineChunk] = deque()
         self._waiter: asyncio.Future[None] | None = None
@@ -73,7 +92,9 @@ class TokenPump:
         self._last = self._loop.time()
         self._task = self._loop.create_task(self._run(chunks))
         # One timer per request, re-armed lazily: no timer work per token.
-        self._timer: asyncio.TimerHandle | None = self._loop.call_later(timeout, self._check)
+        self._timer: asyncio.TimerHandle | None = (
+            self._loop.call_later(timeout, self._check) if timeout is not None else None
+        )
 
     async def _run(self, chunks: AsyncIterator[EngineChunk]) -> None:
         try:
@@ -99,6 +120,7 @@ class TokenPump:
             waiter.set_result(None)
 
     def _check(self) -> None:
+        assert self._timeout is not None
         if self._done:
             self._timer = None
             return
@@ -107,14 +129,14 @@ class TokenPump:
             self._timer = self._loop.call_later(self._timeout - idle, self._check)
             return
         self._timer = None
-        self._exc = BackendSilent(f"no response from the backend for {self._timeout:g} s")
+        self._exc = EngineSilent(f"no response from the backend for {self._timeout:g} s")
         self._task.cancel()
         self._wake()
 
     async def next_batch(self) -> list[EngineChunk] | None:
         """All chunks available now (waiting for at least one); None at the end.
 
-        Raises the backend's exception (EngineUnavailable, EngineError, BackendSilent) once
+        Raises the backend's exception (EngineUnavailable, EngineError, EngineSilent) once
         the chunks that came before it have been handed out.
         """
         items = self._items

@@ -2,7 +2,7 @@
 loop with disconnect handling, usage and logprobs formatting.
 
 Flow of one request (both endpoints): validate -> prompt token ids -> EngineRequest ->
-(stream: SSE generator | non-stream: aggregate) with a :class:`TokenPump` underneath.
+(stream: SSE generator | non-stream: aggregate) reading the engine's :class:`ChunkStream`.
 """
 
 from __future__ import annotations
@@ -19,12 +19,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from trtllm_stack.proxy.engine import (
-    BackendSilent,
+    ChunkStream,
     Engine,
     EngineError,
     EngineLimits,
+    EngineSilent,
     EngineUnavailable,
-    TokenPump,
 )
 from trtllm_stack.proxy.errors import (
     BackendFailed,
@@ -58,7 +58,7 @@ def backend_error(exc: BaseException) -> ProxyError:
     """Map what the pump raised to the error the client sees."""
     if isinstance(exc, EngineUnavailable):
         return BackendUnavailable(f"the inference backend is unavailable: {exc}")
-    if isinstance(exc, BackendSilent):
+    if isinstance(exc, EngineSilent):
         return BackendTimeout(str(exc))
     if isinstance(exc, EngineError):
         return BackendFailed(f"the inference backend failed the request: {exc}")
@@ -203,8 +203,8 @@ class ServingContext:
             return_log_probs=want_log_probs,
         )
 
-    def start(self, req: EngineRequest, request_id: str) -> TokenPump:
-        return TokenPump(self.engine.generate(req, request_id), self.settings.backend_timeout)
+    async def start(self, req: EngineRequest, request_id: str) -> ChunkStream:
+        return await self.engine.open(req, request_id, timeout=self.settings.backend_timeout)
 
     def finish_reason(self, req: EngineRequest, completion_tokens: int, last_token: int) -> str:
         if completion_tokens >= req.max_tokens and last_token != req.end_id:
@@ -311,7 +311,7 @@ class _Plan(Protocol):
     request_id: str
 
 
-def abandon(pump: TokenPump | None, lease: Lease) -> None:
+def abandon(pump: ChunkStream | None, lease: Lease) -> None:
     if pump is not None:
         pump.close()
     lease.release()
@@ -323,8 +323,8 @@ async def serve_plan(
     plan: _Plan,
     *,
     stream: bool,
-    aggregate: Callable[[TokenPump, Lease], Awaitable[dict[str, Any]]],
-    events: Callable[[TokenPump, list[EngineChunk] | None, Lease], AsyncIterator[bytes]],
+    aggregate: Callable[[ChunkStream, Lease], Awaitable[dict[str, Any]]],
+    events: Callable[[ChunkStream, list[EngineChunk] | None, Lease], AsyncIterator[bytes]],
 ) -> Response:
     """Admit, start the engine request, then answer as JSON or as an SSE stream.
 
@@ -333,9 +333,9 @@ async def serve_plan(
     from trtllm_stack.proxy.sse import SSEResponse
 
     lease = ctx.admit()
-    pump: TokenPump | None = None
+    pump: ChunkStream | None = None
     try:
-        pump = ctx.start(plan.engine_req, plan.request_id)
+        pump = await ctx.start(plan.engine_req, plan.request_id)
         if not stream:
             result = await until_disconnect(request, aggregate(pump, lease))
             abandon(pump, lease)
@@ -362,4 +362,9 @@ async def serve_plan(
         owned_pump.close()
         lease.release()
 
-    return SSEResponse(events(owned_pump, first, lease), cleanup, ctx.settings.send_timeout)
+    return SSEResponse(
+        events(owned_pump, first, lease),
+        cleanup,
+        ctx.settings.send_timeout,
+        on_abandon=ctx.metrics.count_error,
+    )

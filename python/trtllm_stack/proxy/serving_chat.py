@@ -12,7 +12,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from trtllm_stack.proxy.engine import TokenPump
+from trtllm_stack.proxy.engine import ChunkStream
 from trtllm_stack.proxy.errors import InvalidRequest
 from trtllm_stack.proxy.parsers.reasoning import split_reasoning
 from trtllm_stack.proxy.parsers.tool_calls import (
@@ -262,7 +262,7 @@ class ChatService:
 
     # -- non-streaming ---------------------------------------------------------------
 
-    async def _aggregate(self, plan: ChatPlan, pump: TokenPump, lease: Lease) -> dict[str, Any]:
+    async def _aggregate(self, plan: ChatPlan, pump: ChunkStream, lease: Lease) -> dict[str, Any]:
         ctx = self.ctx
         pipeline = TextPipeline(ctx.tokenizer, stops=plan.stops)
         parts: list[str] = []
@@ -337,7 +337,7 @@ class ChatService:
     async def _stream(
         self,
         plan: ChatPlan,
-        pump: TokenPump,
+        pump: ChunkStream,
         first: list[EngineChunk] | None,
         lease: Lease,
     ) -> AsyncIterator[bytes]:

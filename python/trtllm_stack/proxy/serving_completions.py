@@ -10,7 +10,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from trtllm_stack.proxy.engine import TokenPump
+from trtllm_stack.proxy.engine import ChunkStream
 from trtllm_stack.proxy.errors import InvalidRequest
 from trtllm_stack.proxy.pipeline import TextPipeline
 from trtllm_stack.proxy.protocol import CompletionRequest
@@ -110,7 +110,7 @@ class CompletionService:
         )
 
     async def _aggregate(
-        self, plan: CompletionPlan, pump: TokenPump, lease: Lease
+        self, plan: CompletionPlan, pump: ChunkStream, lease: Lease
     ) -> dict[str, Any]:
         ctx = self.ctx
         pipeline = TextPipeline(ctx.tokenizer, stops=plan.stops)
@@ -161,7 +161,7 @@ class CompletionService:
     async def _stream(
         self,
         plan: CompletionPlan,
-        pump: TokenPump,
+        pump: ChunkStream,
         first: list[EngineChunk] | None,
         lease: Lease,
     ) -> AsyncIterator[bytes]:

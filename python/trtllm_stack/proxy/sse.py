@@ -13,8 +13,8 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import orjson
-from starlette.responses import StreamingResponse
-from starlette.types import Message, Receive, Scope, Send
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
 log = logging.getLogger("trtllm_stack.proxy")
 
@@ -61,73 +61,106 @@ class ChunkTemplate:
         )
 
 
-class SSEResponse(StreamingResponse):
-    """A streaming response that always runs its cleanup, even when the client vanished
-    before the body iterator ever started (its ``finally`` would then never run).
+# Scope key under which ProxyApp leaves the server's own ``send``. Body messages of a stream
+# go there directly: the middleware between (error handler, CORS, exception handlers)
+# only acts on ``http.response.start``, and five wrapper calls per event add up at one
+# event per token. The start message still passes through all of them.
+RAW_SEND = "trtllm_stack.raw_send"
 
-    A client that stops reading (but keeps the connection open) blocks our writes once the
-    socket buffers are full; after ``send_timeout`` seconds of one write not completing,
-    the response is abandoned: the body iterator is closed (which cancels the Triton
-    request), the lease released, and the server closes the connection. Memory held for
-    such a client is bounded by the socket buffers and the tokens of one request.
+
+class SSEResponse(Response):
+    """The event stream. It always runs ``cleanup``, and it stops early in two cases:
+
+    - the client disconnects: a watcher on ``receive`` sees it at once (not at the next
+      token), the stream stops and ``cleanup`` cancels the Triton request;
+    - the client stops reading but keeps the connection open: writes block once the socket
+      buffers are full, and after ``send_timeout`` seconds of one write not completing the
+      stream is abandoned the same way (memory held is bounded by the socket buffers).
+
+    ``on_abandon`` is told why (``client_disconnected`` or ``client_stalled``).
     """
+
+    media_type = SSE_MEDIA_TYPE
 
     def __init__(
         self,
         content: AsyncIterator[bytes],
         cleanup: Callable[[], None],
         send_timeout: float | None = None,
+        on_abandon: Callable[[str], None] | None = None,
     ) -> None:
-        super().__init__(content, media_type=SSE_MEDIA_TYPE, headers=SSE_HEADERS)
+        self.status_code = 200
+        self.background = None
+        self.body_iterator = content
+        self.init_headers(SSE_HEADERS)
         self._cleanup = cleanup
         self._send_timeout = send_timeout
-        self._sending_since: float | None = None
-        self._timed_out = False
+        self._on_abandon = on_abandon
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        timeout = self._send_timeout
-        timer: asyncio.TimerHandle | None = None
+        loop = asyncio.get_running_loop()
         task = asyncio.current_task()
-        try:
-            if timeout is None or task is None:
-                await super().__call__(scope, receive, send)
+        assert task is not None
+        body_send: Send = scope.get(RAW_SEND, send)
+        timeout = self._send_timeout
+        stop_reason: str | None = None
+        finished = False
+        sending_since: float | None = None
+        timer: asyncio.TimerHandle | None = None
+
+        def stop(reason: str) -> None:
+            nonlocal stop_reason
+            if stop_reason is None and not finished:
+                stop_reason = reason
+                task.cancel()
+
+        async def watch_disconnect() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            stop("client_disconnected")
+
+        def watch_send() -> None:
+            # One timer per stream, re-armed every ``timeout`` s: no per-event timer work.
+            nonlocal timer
+            assert timeout is not None
+            now = loop.time()
+            if sending_since is not None and now - sending_since >= timeout:
+                timer = None
+                stop("client_stalled")
                 return
-            loop = asyncio.get_running_loop()
+            delay = timeout if sending_since is None else sending_since + timeout - now
+            timer = loop.call_later(delay, watch_send)
 
-            async def guarded_send(message: Message) -> None:
-                self._sending_since = loop.time()
-                try:
-                    await send(message)
-                finally:
-                    self._sending_since = None
-
-            def watch() -> None:
-                # One timer per stream, re-armed every ``timeout`` s: no per-event cost.
-                nonlocal timer
-                since = self._sending_since
-                now = loop.time()
-                if since is not None and now - since >= timeout:
-                    self._timed_out = True
-                    timer = None
-                    task.cancel()
-                    return
-                delay = timeout if since is None else since + timeout - now
-                timer = loop.call_later(delay, watch)
-
-            timer = loop.call_later(timeout, watch)
-            try:
-                await super().__call__(scope, receive, guarded_send)
-            except asyncio.CancelledError:
-                if not self._timed_out:
-                    raise
-                task.uncancel()
+        watcher: asyncio.Task[None] | None = None
+        iterator = self.body_iterator
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+            watcher = loop.create_task(watch_disconnect())
+            if timeout is not None:
+                timer = loop.call_later(timeout, watch_send)
+            async for chunk in iterator:
+                sending_since = loop.time()
+                await body_send({"type": "http.response.body", "body": chunk, "more_body": True})
+                sending_since = None
+            finished = True
+            await body_send({"type": "http.response.body", "body": b"", "more_body": False})
+        except asyncio.CancelledError:
+            if stop_reason is None:
+                raise
+            task.uncancel()
+            if stop_reason == "client_stalled":
                 log.warning(
                     "client stopped reading the stream for %g s: request cancelled", timeout
                 )
+            if self._on_abandon is not None:
+                self._on_abandon(stop_reason)
         finally:
+            finished = True
             if timer is not None:
                 timer.cancel()
+            if watcher is not None:
+                watcher.cancel()
             self._cleanup()
-            aclose = getattr(self.body_iterator, "aclose", None)
+            aclose = getattr(iterator, "aclose", None)
             if aclose is not None:
                 await aclose()

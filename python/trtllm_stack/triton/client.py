@@ -1,9 +1,10 @@
 """Async gRPC client for the ``tensorrt_llm`` model: token ids in, token chunks out.
 
-One channel per process. Each ``generate`` opens one bidirectional ModelStreamInfer call on
-that channel; closing the iterator early cancels the call, which makes Triton cancel the
-request in the backend. Requests and responses are built from protobufs directly (not via
-``InferInput``/``InferResult``) to keep per-token work small.
+One channel per process (:mod:`grpc_wire`, HTTP/2 on asyncio). Each request is one
+bidirectional ModelStreamInfer call; closing it before the final response resets the
+stream, which makes Triton cancel the request in the backend. Requests and responses are
+built from Triton's protobufs directly (not via ``InferInput``/``InferResult``) and the
+response tensors are read as raw bytes, to keep per-token work small.
 """
 
 from __future__ import annotations
@@ -13,14 +14,13 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
-import grpc
 import numpy as np
-from tritonclient.grpc import service_pb2, service_pb2_grpc
+from tritonclient.grpc import service_pb2
 
+from trtllm_stack.triton import grpc_wire as wire
 from trtllm_stack.triton import tensors as T
+from trtllm_stack.triton.grpc_wire import GrpcCallError, GrpcChannel, GrpcStream, split_target
 
-# Big prompts (tens of thousands of int32 ids) must fit.
-_MAX_MESSAGE = 64 * 1024 * 1024
 _WIRE_TO_NP = {
     "INT32": np.int32,
     "INT64": np.int64,
@@ -37,6 +37,10 @@ class EngineUnavailable(Exception):
 
 class EngineError(Exception):
     """Triton answered the request with an error."""
+
+
+class EngineSilent(EngineError):
+    """No response for the request within its timeout (the request was cancelled)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,61 +118,146 @@ def parse_response(
     return T.EngineChunk(tokens, log_probs, final)
 
 
+_STREAM_INFER = "/inference.GRPCInferenceService/ModelStreamInfer"
+_SERVER_READY = "/inference.GRPCInferenceService/ServerReady"
+_MODEL_READY = "/inference.GRPCInferenceService/ModelReady"
+_MODEL_CONFIG = "/inference.GRPCInferenceService/ModelConfig"
+
+
+class EngineStream:
+    """One generation request in flight: Triton's responses, parsed, in batches.
+
+    :meth:`next_batch` returns every chunk that arrived since the last call (so a reader
+    that falls behind catches up in one step), None after the final chunk. :meth:`close`
+    before the final chunk resets the stream, and Triton cancels the request.
+    With ``timeout``, a request that receives nothing for that long fails with
+    :class:`EngineSilent` (one timer per request, re-armed lazily: nothing per token).
+    """
+
+    __slots__ = ("_call", "_done", "_silent", "_timeout", "_timer", "_want_log_probs")
+
+    def __init__(self, call: GrpcStream, want_log_probs: bool, timeout: float | None) -> None:
+        self._call = call
+        self._want_log_probs = want_log_probs
+        self._done = False
+        self._silent = False
+        self._timeout = timeout
+        self._timer: asyncio.TimerHandle | None = None
+        if timeout is not None:
+            self._timer = asyncio.get_running_loop().call_later(timeout, self._check_silence)
+
+    def _check_silence(self) -> None:
+        self._timer = None
+        if self._done or self._timeout is None:
+            return
+        loop = asyncio.get_running_loop()
+        idle = loop.time() - self._call.last_activity
+        if idle < self._timeout:
+            self._timer = loop.call_later(self._timeout - idle, self._check_silence)
+            return
+        self._silent = True
+        self._call.cancel()
+
+    async def next_batch(self) -> list[T.EngineChunk] | None:
+        if self._done:
+            return None
+        call = self._call
+        try:
+            raw = await call.read_batch()
+        except GrpcCallError as exc:
+            self.close()
+            if self._silent:
+                raise EngineSilent(
+                    f"no response from the backend for {self._timeout:g} s"
+                ) from None
+            raise _as_engine_exception(exc) from None
+        if raw is None:
+            self.close()
+            raise EngineError("Triton closed the stream before the final response")
+        chunks: list[T.EngineChunk] = []
+        parse = _STREAM_RESPONSE.FromString
+        for data in raw:
+            resp = parse(data)
+            if resp.error_message:
+                self.close()
+                raise EngineError(resp.error_message)
+            chunk = parse_response(resp.infer_response, self._want_log_probs)
+            chunks.append(chunk)
+            if chunk.final:
+                # Done: end our half; Triton then ends the call (status OK).
+                self._stop_timer()
+                self._done = True
+                call.close_send()
+                break
+        return chunks
+
+    def _stop_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def close(self) -> None:
+        """Idempotent. Before the final chunk: cancel the request in Triton."""
+        self._stop_timer()
+        if not self._done:
+            self._done = True
+            self._call.cancel()
+
+
+_STREAM_RESPONSE = service_pb2.ModelStreamInferResponse
+
+
 class EngineClient:
+    """The ``tensorrt_llm`` model over Triton's gRPC API, on one :class:`GrpcChannel`."""
+
     def __init__(self, url: str = "localhost:8001", model: str = T.ENGINE_MODEL) -> None:
         self.url = url
         self.model = model
-        self._channel: grpc.aio.Channel | None = None
-        self._stub: service_pb2_grpc.GRPCInferenceServiceStub | None = None
+        split_target(url)  # a bad address fails here, not at the first request
+        self._channel: GrpcChannel | None = None
 
-    def _get_stub(self) -> service_pb2_grpc.GRPCInferenceServiceStub:
-        # Created lazily so that the channel binds to the running event loop.
-        if self._stub is None:
-            self._channel = grpc.aio.insecure_channel(
-                self.url,
-                options=[
-                    ("grpc.max_send_message_length", _MAX_MESSAGE),
-                    ("grpc.max_receive_message_length", _MAX_MESSAGE),
-                    ("grpc.keepalive_time_ms", 10_000),
-                    ("grpc.keepalive_timeout_ms", 5_000),
-                    ("grpc.http2.max_pings_without_data", 0),
-                    ("grpc.keepalive_permit_without_calls", 1),
-                    # gRPC's default reconnect backoff grows to 120 s: after Triton
-                    # restarts, the proxy would stay unavailable that long.
-                    ("grpc.initial_reconnect_backoff_ms", 500),
-                    ("grpc.min_reconnect_backoff_ms", 500),
-                    ("grpc.max_reconnect_backoff_ms", 2000),
-                ],
-            )
-            self._stub = service_pb2_grpc.GRPCInferenceServiceStub(self._channel)
-        return self._stub
+    def _get_channel(self) -> GrpcChannel:
+        # Created lazily so that its connections bind to the running event loop.
+        if self._channel is None:
+            self._channel = GrpcChannel(self.url)
+        return self._channel
 
     async def close(self) -> None:
         if self._channel is not None:
             await self._channel.close()
         self._channel = None
-        self._stub = None
 
     async def is_ready(self, timeout: float = 2.0) -> bool:
-        stub = self._get_stub()
+        channel = self._get_channel()
         try:
-            server = await stub.ServerReady(service_pb2.ServerReadyRequest(), timeout=timeout)
+            server = service_pb2.ServerReadyResponse.FromString(
+                await channel.unary(
+                    _SERVER_READY, service_pb2.ServerReadyRequest().SerializeToString(), timeout
+                )
+            )
             if not server.ready:
                 return False
-            model = await stub.ModelReady(
-                service_pb2.ModelReadyRequest(name=self.model), timeout=timeout
+            model = service_pb2.ModelReadyResponse.FromString(
+                await channel.unary(
+                    _MODEL_READY,
+                    service_pb2.ModelReadyRequest(name=self.model).SerializeToString(),
+                    timeout,
+                )
             )
             return bool(model.ready)
-        except grpc.aio.AioRpcError:
+        except GrpcCallError:
             return False
 
     async def limits(self, timeout: float = 5.0) -> EngineLimits:
-        stub = self._get_stub()
         try:
-            resp = await stub.ModelConfig(
-                service_pb2.ModelConfigRequest(name=self.model), timeout=timeout
+            resp = service_pb2.ModelConfigResponse.FromString(
+                await self._get_channel().unary(
+                    _MODEL_CONFIG,
+                    service_pb2.ModelConfigRequest(name=self.model).SerializeToString(),
+                    timeout,
+                )
             )
-        except grpc.aio.AioRpcError as exc:
+        except GrpcCallError as exc:
             raise _as_engine_exception(exc) from None
         params = resp.config.parameters
 
@@ -178,45 +267,55 @@ class EngineClient:
 
         return EngineLimits(read(T.PARAM_MAX_INPUT_LEN), read(T.PARAM_MAX_SEQ_LEN))
 
+    async def open(
+        self, req: T.EngineRequest, request_id: str | None = None, *, timeout: float | None = None
+    ) -> EngineStream:
+        """Send the request; the returned stream yields its chunks (see EngineStream)."""
+        msg = build_request(req, self.model, request_id or uuid.uuid4().hex)
+        payload = msg.SerializeToString()
+        try:
+            call = await self._get_channel().open_stream(_STREAM_INFER, payload)
+        except GrpcCallError as exc:
+            raise _as_engine_exception(exc) from None
+        return EngineStream(call, req.return_log_probs, timeout)
+
     async def generate(
         self, req: T.EngineRequest, request_id: str | None = None
     ) -> AsyncIterator[T.EngineChunk]:
-        """Stream the request's responses; the last chunk has ``final=True``."""
-        stub = self._get_stub()
-        msg = build_request(req, self.model, request_id or uuid.uuid4().hex)
-        done = asyncio.Event()
-
-        async def requests() -> AsyncIterator[service_pb2.ModelInferRequest]:
-            yield msg
-            # Keep our half of the stream open until the final response arrived.
-            await done.wait()
-
-        call = stub.ModelStreamInfer(requests())
+        """The request's chunks one by one; the last has ``final=True``. Leaving the loop
+        early cancels the request."""
+        stream = await self.open(req, request_id)
         try:
-            async for resp in call:
-                if resp.error_message:
-                    raise EngineError(resp.error_message)
-                chunk = parse_response(resp.infer_response, req.return_log_probs)
-                yield chunk
-                if chunk.final:
-                    return
-            raise EngineError("Triton closed the stream before the final response")
-        except grpc.aio.AioRpcError as exc:
-            raise _as_engine_exception(exc) from None
+            while (batch := await stream.next_batch()) is not None:
+                for chunk in batch:
+                    yield chunk
         finally:
-            # Early exit (client went away, stop string, timeout): cancel the RPC so Triton
-            # cancels the request instead of generating for nobody. Cancel before ending our
-            # half of the stream: a half-close racing the cancel is one more state transition
-            # for Triton's stream handler to get right under mass disconnects.
-            if not call.done():
-                call.cancel()
-            done.set()
+            stream.close()
 
 
-def _as_engine_exception(exc: grpc.aio.AioRpcError) -> Exception:
-    code = exc.code()
-    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-        return EngineUnavailable(f"Triton at gRPC is unavailable: {exc.details()}")
-    if code == grpc.StatusCode.NOT_FOUND or "not found" in (exc.details() or "").lower():
-        return EngineUnavailable(f"model not available: {exc.details()}")
-    return EngineError(f"{code.name}: {exc.details()}")
+_STATUS_NAMES = {
+    1: "CANCELLED",
+    2: "UNKNOWN",
+    3: "INVALID_ARGUMENT",
+    4: "DEADLINE_EXCEEDED",
+    5: "NOT_FOUND",
+    6: "ALREADY_EXISTS",
+    7: "PERMISSION_DENIED",
+    8: "RESOURCE_EXHAUSTED",
+    9: "FAILED_PRECONDITION",
+    10: "ABORTED",
+    11: "OUT_OF_RANGE",
+    12: "UNIMPLEMENTED",
+    13: "INTERNAL",
+    14: "UNAVAILABLE",
+    15: "DATA_LOSS",
+    16: "UNAUTHENTICATED",
+}
+
+
+def _as_engine_exception(exc: GrpcCallError) -> Exception:
+    if exc.code in (wire.UNAVAILABLE, wire.DEADLINE_EXCEEDED):
+        return EngineUnavailable(f"Triton at gRPC is unavailable: {exc.message}")
+    if exc.code == wire.NOT_FOUND or "not found" in exc.message.lower():
+        return EngineUnavailable(f"model not available: {exc.message}")
+    return EngineError(f"{_STATUS_NAMES.get(exc.code, str(exc.code))}: {exc.message}")

@@ -212,7 +212,7 @@ def test_hundred_clients_disconnect_mid_stream(proxy_factory, triton_factory):
     wait_until(lambda: in_flight(proxy) == 0, what="in-flight 0")
     assert metric(proxy, "trtllm_proxy_requests_in_flight") == 0.0
     wait_until(lambda: proxy_tasks(proxy) <= tasks_before, what="task count back to baseline")
-    assert live_objects("TokenPump") == 0
+    assert live_objects("EngineStream") == live_objects("GrpcStream") == 0
     print(f"proxy tasks before {tasks_before}, after {proxy_tasks(proxy)}")
 
 
@@ -261,7 +261,7 @@ def test_client_that_stops_reading_is_cancelled_others_unaffected(proxy_factory,
         )
         assert ev["output_tokens"] < 30000
         wait_until(lambda: in_flight(proxy) == 0, what="in-flight 0")
-        assert live_objects("TokenPump") == 0
+        assert live_objects("EngineStream") == live_objects("GrpcStream") == 0
         # The server closed the connection: draining it reaches EOF without [DONE].
         slow.settimeout(20)
         rest = b""

@@ -31,9 +31,9 @@ class RecordingEngine:
         self.inner = inner
         self.requests: list[Any] = []
 
-    def generate(self, req, request_id=None):
+    async def open(self, req, request_id=None, *, timeout=None):
         self.requests.append((request_id, req))
-        return self.inner.generate(req, request_id)
+        return await self.inner.open(req, request_id, timeout=timeout)
 
     async def is_ready(self) -> bool:
         return await self.inner.is_ready()

@@ -216,6 +216,7 @@ let
           "uvicorn"
           "pydantic-settings"
           "tritonclient"
+          "hpack"
           "transformers"
           "tokenizers"
           "jinja2"

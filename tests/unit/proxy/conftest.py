@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from trtllm_stack.proxy.app import create_app
+from trtllm_stack.proxy.engine import GeneratorEngine
 from trtllm_stack.proxy.settings import ProxySettings
 from trtllm_stack.tokenizer import bundled_qwen3_tokenizer_dir, load_tokenizer
 from trtllm_stack.triton.client import EngineLimits, EngineUnavailable
@@ -17,7 +18,7 @@ from trtllm_stack.triton.tensors import EngineChunk, EngineRequest
 
 
 @dataclass
-class FakeEngine:
+class FakeEngine(GeneratorEngine):
     """Replies with ``reply`` token ids, one chunk per token, like the streaming backend:
     stops at max_tokens (final on the last token) or ends with an empty final chunk (EOS)."""
 

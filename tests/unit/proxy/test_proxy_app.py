@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from trtllm_stack.proxy.engine import BackendSilent, TokenPump
+from trtllm_stack.proxy.engine import EngineSilent, TokenPump
 from trtllm_stack.proxy.pipeline import TextPipeline
 from trtllm_stack.triton.tensors import EngineChunk
 
@@ -266,7 +266,7 @@ async def test_token_pump_timeout_and_close_cancels():
 
     pump = TokenPump(silent(), timeout=0.05)
     assert (await pump.next_batch()) is not None
-    with pytest.raises(BackendSilent):
+    with pytest.raises(EngineSilent):
         await pump.next_batch()
     await asyncio.wait_for(closed.wait(), 2)
     pump.close()

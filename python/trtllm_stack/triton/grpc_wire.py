@@ -1,0 +1,668 @@
+"""gRPC over HTTP/2 on asyncio, client side, for one server: the proxy's per-token path.
+
+Why not ``grpc.aio``: it reads one message per ``await`` and hands each one over from its
+poller thread. Triton sends one response per generated token, so that costs 60-85 us of
+CPU per token (python/docs/bench.md). Here every call shares one :class:`asyncio.Protocol`
+per connection: a socket read parses all the frames that arrived, for every stream, and
+wakes each stream's reader once, however many messages it got.
+
+Scope, deliberately small: cleartext HTTP/2 (RFC 9113, client side, prior knowledge),
+gRPC's length-prefixed messages without compression, unary and bidirectional calls,
+flow control both ways, RST_STREAM to cancel, GOAWAY, PING replies. Header blocks are
+HPACK-coded with the ``hpack`` package (once per call, not per message). No TLS, no
+server push, no keepalive pings (Triton is on the same host or LAN; a stalled stream is
+caught by the caller's silence timeout).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import struct
+from typing import cast
+from urllib.parse import unquote
+
+from hpack import Decoder, Encoder, HPACKError, NeverIndexedHeaderTuple
+
+# gRPC status codes (grpc/status.h) that callers distinguish.
+OK = 0
+CANCELLED = 1
+UNKNOWN = 2
+DEADLINE_EXCEEDED = 4
+NOT_FOUND = 5
+INTERNAL = 13
+UNAVAILABLE = 14
+
+_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+# Frame types and flags (RFC 9113 section 6).
+_DATA, _HEADERS, _PRIORITY, _RST_STREAM, _SETTINGS = 0, 1, 2, 3, 4
+_PUSH_PROMISE, _PING, _GOAWAY, _WINDOW_UPDATE, _CONTINUATION = 5, 6, 7, 8, 9
+_END_STREAM = 0x1
+_ACK = 0x1
+_END_HEADERS = 0x4
+_PADDED = 0x8
+_PRIORITY_FLAG = 0x20
+# Settings identifiers.
+_S_HEADER_TABLE_SIZE, _S_ENABLE_PUSH, _S_MAX_CONCURRENT_STREAMS = 1, 2, 3
+_S_INITIAL_WINDOW_SIZE, _S_MAX_FRAME_SIZE = 4, 5
+# Error codes.
+_NO_ERROR, _PROTOCOL_ERROR, _REFUSED_STREAM, _CANCEL = 0x0, 0x1, 0x7, 0x8
+
+_MAX_WINDOW = 2**31 - 1
+_DEFAULT_WINDOW = 65535
+# Our receive windows are as large as HTTP/2 allows, so Triton never waits for us; we
+# give credit back once this much has been received (a frame every 1 GiB, not per token).
+_REPLENISH = 2**30
+_LAST_STREAM_ID = 2**31 - 1
+# Larger than any Triton response we read (and than grpc.aio's 64 MiB limit we had).
+MAX_MESSAGE = 64 * 1024 * 1024
+
+_FRAME_HEAD = struct.Struct(">BHBBI")  # 24-bit length as (high byte, low 16 bits)
+_U32 = struct.Struct(">I")
+_WINDOW = struct.Struct(">I")
+_SETTING = struct.Struct(">HI")
+
+
+def _frame(ftype: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes:
+    n = len(payload)
+    return _FRAME_HEAD.pack(n >> 16, n & 0xFFFF, ftype, flags, stream_id) + payload
+
+
+class GrpcCallError(Exception):
+    """A call ended without success: gRPC status ``code`` and its message."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class H2ProtocolError(Exception):
+    """The server broke HTTP/2 or gRPC framing; the connection is unusable."""
+
+
+class GrpcStream:
+    """One call. Messages are buffered as they arrive; :meth:`read_batch` drains them.
+
+    The receive side is fed by the connection's ``data_received``; nothing runs per message
+    but the length-prefix split and one list append.
+    """
+
+    __slots__ = (
+        "_conn",
+        "_end_after_pending",
+        "_partial",
+        "_pending",
+        "_waiter",
+        "error",
+        "id",
+        "last_activity",
+        "local_closed",
+        "messages",
+        "received",
+        "remote_closed",
+        "response_started",
+        "send_window",
+        "trailers",
+    )
+
+    def __init__(self, conn: H2Connection, stream_id: int, send_window: int) -> None:
+        self._conn = conn
+        self.id = stream_id
+        self.send_window = send_window
+        self._pending = b""  # request bytes waiting for flow-control credit
+        self._end_after_pending = False
+        self._partial = b""  # an incomplete gRPC message
+        self.messages: list[bytes] = []
+        self._waiter: asyncio.Future[None] | None = None
+        self.error: GrpcCallError | None = None
+        self.response_started = False
+        self.remote_closed = False
+        self.local_closed = False
+        self.received = 0  # bytes of DATA since credit was last given back
+        self.trailers: dict[str, str] = {}
+        self.last_activity = 0.0
+
+    # -- receive side (called by the connection) ------------------------------------------
+
+    def _feed(self, payload: bytes) -> None:
+        buf = self._partial + payload if self._partial else payload
+        pos = 0
+        n = len(buf)
+        while n - pos >= 5:
+            if buf[pos]:
+                raise H2ProtocolError("compressed gRPC message (no compression was negotiated)")
+            size = _U32.unpack_from(buf, pos + 1)[0]
+            if size > MAX_MESSAGE:
+                raise H2ProtocolError(f"gRPC message of {size} bytes exceeds {MAX_MESSAGE}")
+            end = pos + 5 + size
+            if end > n:
+                break
+            self.messages.append(buf[pos + 5 : end])
+            pos = end
+        self._partial = buf[pos:] if pos else buf
+        self._wake()
+
+    def _fail(self, error: GrpcCallError) -> None:
+        if self.error is None and not self.remote_closed:
+            self.error = error
+        self.remote_closed = True
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    # -- caller side ----------------------------------------------------------------------
+
+    async def read_batch(self) -> list[bytes] | None:
+        """Every message received so far (waiting for at least one); None after a clean end.
+
+        Raises :class:`GrpcCallError` for a non-OK status, a reset or a lost connection,
+        once the messages that arrived before it have been returned.
+        """
+        while not self.messages:
+            if self.remote_closed:
+                if self.error is not None:
+                    raise self.error
+                return None
+            self._waiter = self._conn.loop.create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        batch = self.messages
+        self.messages = []
+        return batch
+
+    def close_send(self) -> None:
+        """End our half of the call (after the request, or after the last response)."""
+        if self.local_closed:
+            return
+        if self._pending:
+            self._end_after_pending = True
+            return
+        self.local_closed = True
+        self._conn._write(_frame(_DATA, _END_STREAM, self.id))
+        self._conn._maybe_forget(self)
+
+    def cancel(self) -> None:
+        """Reset the stream (CANCEL) unless it is over: the server cancels the request."""
+        conn = self._conn
+        if self.id not in conn.streams:
+            return
+        if not self.remote_closed:
+            self.error = GrpcCallError(CANCELLED, "cancelled by the client")
+            self.remote_closed = True
+        self.local_closed = True
+        self._pending = b""
+        conn._reset(self.id, _CANCEL)
+        self._wake()
+
+    def fail(self, error: GrpcCallError) -> None:
+        """Fail the call locally (e.g. a deadline) and reset it on the wire."""
+        if self.error is None:
+            self.error = error
+        self.cancel()
+        self._wake()
+
+
+class H2Connection(asyncio.Protocol):
+    """One HTTP/2 connection carrying many gRPC calls."""
+
+    def __init__(self, authority: str, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.authority = authority
+        self.transport: asyncio.Transport | None = None
+        self.streams: dict[int, GrpcStream] = {}
+        self.closed = False
+        self.draining = False  # GOAWAY received (or ids exhausted): no new calls here
+        self._next_id = 1
+        self._buf = b""
+        self._decoder = Decoder()
+        self._header_cache: dict[str, bytes] = {}
+        self._continuation: tuple[int, int, list[bytes]] | None = None  # (stream, flags, parts)
+        self._peer_max_frame = 16384
+        self._peer_initial_window = _DEFAULT_WINDOW
+        self._peer_max_streams = _LAST_STREAM_ID
+        self._send_window = _DEFAULT_WINDOW
+        self._received = 0
+        self._blocked: dict[int, GrpcStream] = {}  # streams with request bytes waiting
+        self.lost: asyncio.Future[None] = loop.create_future()
+
+    # -- asyncio.Protocol ------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses, but have its methods.
+        self.transport = cast(asyncio.Transport, transport)
+        settings = _SETTING.pack(_S_ENABLE_PUSH, 0) + _SETTING.pack(
+            _S_INITIAL_WINDOW_SIZE, _MAX_WINDOW
+        )
+        self.transport.write(
+            _PREFACE
+            + _frame(_SETTINGS, 0, 0, settings)
+            + _frame(_WINDOW_UPDATE, 0, 0, _WINDOW.pack(_MAX_WINDOW - _DEFAULT_WINDOW))
+        )
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.transport = None
+        reason = f": {exc}" if exc else ""
+        self._fail_all(GrpcCallError(UNAVAILABLE, f"connection to the server lost{reason}"))
+        if not self.lost.done():
+            self.lost.set_result(None)
+
+    def data_received(self, data: bytes) -> None:
+        buf = self._buf + data if self._buf else data
+        n = len(buf)
+        pos = 0
+        now = self.loop.time()
+        streams = self.streams
+        try:
+            while n - pos >= 9:
+                hi, lo, ftype, flags, sid = _FRAME_HEAD.unpack_from(buf, pos)
+                start = pos + 9
+                end = start + (hi << 16 | lo)
+                if end > n:
+                    break
+                pos = end
+                sid &= _LAST_STREAM_ID
+                if ftype == _DATA:
+                    self._received += end - start
+                    stream = streams.get(sid)
+                    if stream is None:
+                        continue  # a stream we reset: its bytes only count for the connection
+                    stream.received += end - start  # flow control counts the padding too
+                    if flags & _PADDED:
+                        start, end = start + 1, end - buf[start]
+                    stream.last_activity = now
+                    if end > start:
+                        stream._feed(buf[start:end])
+                    if flags & _END_STREAM:
+                        self._remote_end(stream, GrpcCallError(INTERNAL, "no gRPC status"))
+                    elif stream.received > _REPLENISH:
+                        self._write(_frame(_WINDOW_UPDATE, 0, sid, _WINDOW.pack(stream.received)))
+                        stream.received = 0
+                elif ftype in (_HEADERS, _CONTINUATION):
+                    self._on_header_frame(ftype, flags, sid, buf[start:end], now)
+                elif self._continuation is not None:
+                    raise H2ProtocolError("header block interrupted by another frame")
+                elif ftype == _WINDOW_UPDATE:
+                    self._on_window_update(sid, _WINDOW.unpack_from(buf, start)[0] & _MAX_WINDOW)
+                elif ftype == _SETTINGS:
+                    if not flags & _ACK:
+                        self._on_settings(buf[start:end])
+                elif ftype == _PING:
+                    if not flags & _ACK:
+                        self._write(_frame(_PING, _ACK, 0, buf[start:end]))
+                elif ftype == _RST_STREAM:
+                    stream = streams.get(sid)
+                    if stream is not None:
+                        code = _U32.unpack_from(buf, start)[0]
+                        stream.local_closed = True
+                        self._remote_end(stream, _reset_error(code))
+                elif ftype == _GOAWAY:
+                    last_sid, code = struct.unpack_from(">II", buf, start)
+                    self._on_goaway(last_sid & _LAST_STREAM_ID, code)
+                elif ftype == _PUSH_PROMISE:
+                    raise H2ProtocolError("server push although it was disabled")
+                # PRIORITY and unknown frame types are ignored (RFC 9113 section 5.5).
+        except (H2ProtocolError, HPACKError, struct.error) as exc:
+            self._abort(f"HTTP/2 protocol error from the server: {exc}")
+            return
+        self._buf = buf[pos:] if pos < n else b""
+        if self._received > _REPLENISH:
+            self._write(_frame(_WINDOW_UPDATE, 0, 0, _WINDOW.pack(self._received)))
+            self._received = 0
+
+    # -- frames ---------------------------------------------------------------------------
+
+    def _on_header_frame(
+        self, ftype: int, flags: int, sid: int, payload: bytes, now: float
+    ) -> None:
+        if ftype == _CONTINUATION:
+            if self._continuation is None or self._continuation[0] != sid:
+                raise H2ProtocolError("unexpected CONTINUATION frame")
+            self._continuation[2].append(payload)
+            if not flags & _END_HEADERS:
+                return
+            sid, flags, parts = self._continuation
+            self._continuation = None
+            block = b"".join(parts)
+        else:
+            if self._continuation is not None:
+                raise H2ProtocolError("header block interrupted by another frame")
+            offset, end = 0, len(payload)
+            if flags & _PADDED:
+                offset, end = 1, end - payload[0]
+            if flags & _PRIORITY_FLAG:
+                offset += 5
+            block = payload[offset:end]
+            if not flags & _END_HEADERS:
+                self._continuation = (sid, flags, [block])
+                return
+        # Decode every block, even for streams we forgot: HPACK state is per connection.
+        headers = [(_text(k), _text(v)) for k, v in self._decoder.decode(block)]
+        stream = self.streams.get(sid)
+        if stream is None:
+            return
+        stream.last_activity = now
+        if not stream.response_started:
+            stream.response_started = True
+            status = next((v for k, v in headers if k == ":status"), "")
+            if status != "200":
+                stream.local_closed = True
+                self._remote_end(
+                    stream, GrpcCallError(_http_status_to_grpc(status), f"HTTP status {status}")
+                )
+                self._reset(sid, _CANCEL)
+                return
+        if flags & _END_STREAM:
+            fields = {k: v for k, v in headers if not k.startswith(":")}
+            stream.trailers = fields
+            code_text = fields.get("grpc-status")
+            if code_text is None or not code_text.isdigit():
+                error: GrpcCallError | None = GrpcCallError(UNKNOWN, "response without grpc-status")
+            elif int(code_text) == OK:
+                error = None
+            else:
+                error = GrpcCallError(int(code_text), unquote(fields.get("grpc-message", "")))
+            self._remote_end(stream, error)
+
+    def _on_settings(self, payload: bytes) -> None:
+        if len(payload) % 6:
+            raise H2ProtocolError("SETTINGS frame of bad length")
+        for off in range(0, len(payload), 6):
+            key, value = _SETTING.unpack_from(payload, off)
+            if key == _S_INITIAL_WINDOW_SIZE:
+                if value > _MAX_WINDOW:
+                    raise H2ProtocolError("initial window size too large")
+                delta = value - self._peer_initial_window
+                self._peer_initial_window = value
+                for stream in self.streams.values():
+                    stream.send_window += delta
+            elif key == _S_MAX_FRAME_SIZE:
+                if not 16384 <= value <= 2**24 - 1:
+                    raise H2ProtocolError("max frame size out of range")
+                self._peer_max_frame = value
+            elif key == _S_MAX_CONCURRENT_STREAMS:
+                self._peer_max_streams = value
+            elif key == _S_HEADER_TABLE_SIZE:
+                # The size we must not exceed when *we* index; our encoder never indexes.
+                pass
+        self._write(_frame(_SETTINGS, _ACK, 0))
+        self._flush_blocked()
+
+    def _on_window_update(self, sid: int, increment: int) -> None:
+        if sid == 0:
+            self._send_window += increment
+        else:
+            stream = self.streams.get(sid)
+            if stream is None:
+                return
+            stream.send_window += increment
+        self._flush_blocked()
+
+    def _on_goaway(self, last_sid: int, code: int) -> None:
+        self.draining = True
+        refused = GrpcCallError(
+            UNAVAILABLE, f"the server is going away (HTTP/2 GOAWAY, error code {code})"
+        )
+        for stream in [s for s in self.streams.values() if s.id > last_sid]:
+            stream.local_closed = True
+            self._remote_end(stream, refused)
+        self._close_if_idle()
+
+    def _remote_end(self, stream: GrpcStream, error: GrpcCallError | None) -> None:
+        if stream._partial and error is None:
+            error = GrpcCallError(INTERNAL, "the stream ended inside a gRPC message")
+        if error is not None:
+            stream._fail(error)
+        else:
+            stream.remote_closed = True
+            stream._wake()
+        self._maybe_forget(stream)
+
+    # -- sending --------------------------------------------------------------------------
+
+    def _write(self, data: bytes) -> None:
+        if self.transport is not None:
+            self.transport.write(data)
+
+    def _reset(self, sid: int, code: int) -> None:
+        self.streams.pop(sid, None)
+        self._blocked.pop(sid, None)
+        self._write(_frame(_RST_STREAM, 0, sid, _U32.pack(code)))
+        self._close_if_idle()
+
+    def _maybe_forget(self, stream: GrpcStream) -> None:
+        if stream.remote_closed and stream.local_closed:
+            self.streams.pop(stream.id, None)
+            self._blocked.pop(stream.id, None)
+            self._close_if_idle()
+
+    def _close_if_idle(self) -> None:
+        if self.draining and not self.streams and self.transport is not None:
+            self.transport.close()
+
+    def can_start(self) -> bool:
+        return (
+            not self.closed
+            and not self.draining
+            and self.transport is not None
+            and len(self.streams) < self._peer_max_streams
+        )
+
+    def _header_block(self, path: str) -> bytes:
+        block = self._header_cache.get(path)
+        if block is None:
+            # Never-indexed literals leave the server's HPACK table untouched, so one block
+            # per method is valid for every call on this connection.
+            headers = [
+                (":method", "POST"),
+                (":scheme", "http"),
+                (":path", path),
+                (":authority", self.authority),
+                ("content-type", "application/grpc"),
+                ("te", "trailers"),
+                ("user-agent", "trtllm-stack"),
+            ]
+            block = Encoder().encode(
+                [NeverIndexedHeaderTuple(k, v) for k, v in headers], huffman=False
+            )
+            self._header_cache[path] = block
+        return block
+
+    def start_call(self, path: str, message: bytes, *, end_stream: bool) -> GrpcStream:
+        """Open a stream, send the headers and one request message (with END_STREAM for a
+        unary call, or left open for a bidirectional one)."""
+        if not self.can_start():
+            raise GrpcCallError(UNAVAILABLE, "connection is not usable for new calls")
+        sid = self._next_id
+        self._next_id += 2
+        if self._next_id > _LAST_STREAM_ID:
+            self.draining = True
+        stream = GrpcStream(self, sid, self._peer_initial_window)
+        stream.last_activity = self.loop.time()
+        self.streams[sid] = stream
+        block = self._header_block(path)
+        if len(block) > self._peer_max_frame:
+            raise GrpcCallError(INTERNAL, "request headers larger than one frame")
+        out = [_frame(_HEADERS, _END_HEADERS, sid, block)]
+        stream._pending = _U32.pack(len(message)).rjust(5, b"\0") + message
+        stream._end_after_pending = end_stream
+        self._send_pending(stream, out)
+        self._write(b"".join(out))
+        return stream
+
+    def _send_pending(self, stream: GrpcStream, out: list[bytes]) -> None:
+        data = stream._pending
+        while data:
+            room = min(self._send_window, stream.send_window, self._peer_max_frame)
+            if room <= 0:
+                self._blocked[stream.id] = stream
+                break
+            chunk, data = data[:room], data[room:]
+            self._send_window -= len(chunk)
+            stream.send_window -= len(chunk)
+            flags = _END_STREAM if not data and stream._end_after_pending else 0
+            out.append(_frame(_DATA, flags, stream.id, chunk))
+        stream._pending = data
+        if not data:
+            self._blocked.pop(stream.id, None)
+            if stream._end_after_pending and not stream.local_closed:
+                stream.local_closed = True
+                self._maybe_forget(stream)
+
+    def _flush_blocked(self) -> None:
+        if not self._blocked:
+            return
+        out: list[bytes] = []
+        for stream in list(self._blocked.values()):
+            self._send_pending(stream, out)
+        if out:
+            self._write(b"".join(out))
+
+    # -- failure --------------------------------------------------------------------------
+
+    def _fail_all(self, error: GrpcCallError) -> None:
+        streams = list(self.streams.values())
+        self.streams.clear()
+        self._blocked.clear()
+        for stream in streams:
+            stream.local_closed = True
+            stream._fail(error)
+
+    def _abort(self, reason: str) -> None:
+        self.draining = True
+        self._write(_frame(_GOAWAY, 0, 0, struct.pack(">II", 0, _PROTOCOL_ERROR)))
+        self._fail_all(GrpcCallError(UNAVAILABLE, reason))
+        if self.transport is not None:
+            self.transport.close()
+
+    def close(self) -> None:
+        self.draining = True
+        self._fail_all(GrpcCallError(UNAVAILABLE, "the client closed the connection"))
+        if self.transport is not None:
+            self._write(_frame(_GOAWAY, 0, 0, struct.pack(">II", 0, _NO_ERROR)))
+            self.transport.close()
+
+
+def _text(value: str | bytes) -> str:
+    return value if isinstance(value, str) else value.decode("latin-1")
+
+
+def _reset_error(code: int) -> GrpcCallError:
+    if code == _REFUSED_STREAM:
+        return GrpcCallError(UNAVAILABLE, "the server refused the stream")
+    if code == _CANCEL:
+        return GrpcCallError(CANCELLED, "the server cancelled the stream")
+    return GrpcCallError(INTERNAL, f"the server reset the stream (HTTP/2 error code {code})")
+
+
+def _http_status_to_grpc(status: str) -> int:
+    # gRPC's HTTP-to-status mapping (doc/http-grpc-status-mapping.md).
+    return {"400": INTERNAL, "401": 16, "403": 7, "404": 12, "429": UNAVAILABLE}.get(
+        status, UNAVAILABLE if status in ("502", "503", "504") else UNKNOWN
+    )
+
+
+class GrpcChannel:
+    """Calls to one ``host:port``, on as few HTTP/2 connections as the server allows.
+
+    Connects lazily (first call) and again after the connection was lost, so the caller
+    sees UNAVAILABLE while the server is down and success once it is back, with no backoff
+    state to wait out.
+    """
+
+    def __init__(self, target: str, *, connect_timeout: float = 5.0) -> None:
+        self.host, self.port = split_target(target)
+        self.authority = target
+        self.connect_timeout = connect_timeout
+        self._conns: list[H2Connection] = []
+        self._connecting: asyncio.Task[H2Connection] | None = None
+        self._closed = False
+
+    async def _connection(self) -> H2Connection:
+        for conn in self._conns:
+            if conn.can_start():
+                return conn
+        self._conns = [c for c in self._conns if not c.closed]
+        if self._closed:
+            raise GrpcCallError(UNAVAILABLE, "the channel is closed")
+        # One connect at a time: a burst of first calls shares it.
+        if self._connecting is None:
+            self._connecting = asyncio.get_running_loop().create_task(self._connect())
+        task = self._connecting
+        try:
+            conn = await asyncio.shield(task)
+        finally:
+            if task.done() and self._connecting is task:
+                self._connecting = None
+        if not conn.can_start():
+            # Full already (a burst larger than the server's stream limit) or lost at once.
+            if conn.closed:
+                raise GrpcCallError(UNAVAILABLE, "the connection closed right after it opened")
+            return await self._connection()
+        return conn
+
+    async def _connect(self) -> H2Connection:
+        loop = asyncio.get_running_loop()
+        try:
+            _, conn = await asyncio.wait_for(
+                loop.create_connection(
+                    lambda: H2Connection(self.authority, loop), self.host, self.port
+                ),
+                self.connect_timeout,
+            )
+        except (OSError, TimeoutError) as exc:
+            raise GrpcCallError(
+                UNAVAILABLE, f"cannot connect to {self.host}:{self.port}: {exc or 'timeout'}"
+            ) from None
+        self._conns.append(conn)
+        return conn
+
+    async def open_stream(self, path: str, message: bytes) -> GrpcStream:
+        """A bidirectional call with its first request message sent; our half stays open."""
+        conn = await self._connection()
+        return conn.start_call(path, message, end_stream=False)
+
+    async def unary(self, path: str, message: bytes, timeout: float) -> bytes:
+        """One request, one response message (raises GrpcCallError, DEADLINE_EXCEEDED)."""
+        conn = await self._connection()
+        stream = conn.start_call(path, message, end_stream=True)
+        got: list[bytes] = []
+        try:
+            async with asyncio.timeout(timeout):
+                while (batch := await stream.read_batch()) is not None:
+                    got.extend(batch)
+        except TimeoutError:
+            raise GrpcCallError(DEADLINE_EXCEEDED, f"no answer within {timeout:g} s") from None
+        finally:
+            stream.cancel()
+        if len(got) != 1:
+            raise GrpcCallError(INTERNAL, f"expected one response message, got {len(got)}")
+        return got[0]
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._connecting is not None:
+            self._connecting.cancel()
+            with contextlib.suppress(BaseException):
+                await self._connecting
+        conns, self._conns = self._conns, []
+        for conn in conns:
+            conn.close()
+        for conn in conns:
+            with contextlib.suppress(BaseException):
+                await asyncio.wait_for(asyncio.shield(conn.lost), 1.0)
+
+
+def split_target(target: str) -> tuple[str, int]:
+    """``host:port``, ``[v6]:port`` or ``grpc://host:port`` -> (host, port)."""
+    text = target.split("://", 1)[-1].rstrip("/")
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise ValueError(f"expected host:port for the gRPC address, got {target!r}")
+    return host.strip("[]"), int(port)
