@@ -11,10 +11,12 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
+from pydantic import BaseModel, ValidationError
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -104,6 +106,34 @@ class ProxyApp(FastAPI):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         scope[RAW_SEND] = send
         await super().__call__(scope, receive, send)
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+async def parse_body(request: Request, model: type[M]) -> M:
+    """The JSON body validated straight from bytes (pydantic's JSON parser).
+
+    FastAPI's own body handling (json.loads, then validation of the Python objects, then
+    its dependency machinery) costs about 0.3 ms per request, all of it before the first
+    token. Errors keep FastAPI's shape, so the same handler turns them into OpenAI errors.
+    """
+    raw = await request.body()
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as exc:
+        errors = [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False)]
+        raise RequestValidationError(errors) from None
+
+
+def _body_schema(model: type[BaseModel]) -> dict[str, Any]:
+    # Keeps the request body in /openapi.json although the route reads it itself.
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": model.model_json_schema()}},
+        }
+    }
 
 
 def _too_large(size: int, limit: int) -> PayloadTooLarge:
@@ -196,12 +226,12 @@ def create_app(
             raise ModelNotFound(f"model '{model_id}' does not exist", param="model")
         return json_response(200, model_card)
 
-    @app.post("/v1/chat/completions")
-    async def chat_completions(request: Request, body: ChatCompletionRequest) -> Response:
-        return await chat.handle(request, body)
+    @app.post("/v1/chat/completions", openapi_extra=_body_schema(ChatCompletionRequest))
+    async def chat_completions(request: Request) -> Response:
+        return await chat.handle(request, await parse_body(request, ChatCompletionRequest))
 
-    @app.post("/v1/completions")
-    async def text_completions(request: Request, body: CompletionRequest) -> Response:
-        return await completions.handle(request, body)
+    @app.post("/v1/completions", openapi_extra=_body_schema(CompletionRequest))
+    async def text_completions(request: Request) -> Response:
+        return await completions.handle(request, await parse_body(request, CompletionRequest))
 
     return app

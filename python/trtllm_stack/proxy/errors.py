@@ -142,7 +142,9 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
         return "invalid request", None
     first = errors[0]
     if first.get("type") == "json_invalid":
-        return "request body is not valid JSON", None
+        # e.g. "lone leading surrogate in hex escape at line 1 column 18": say where.
+        detail = (first.get("ctx") or {}).get("error")
+        return ("request body is not valid JSON" + (f": {detail}" if detail else "")), None
     loc = tuple(first.get("loc", ()))
     param = _loc_to_param(loc)
     msg = str(first.get("msg", "invalid value"))

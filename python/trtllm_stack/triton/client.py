@@ -13,6 +13,7 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 from tritonclient.grpc import service_pb2
@@ -59,6 +60,8 @@ def build_request(
         tensor.datatype = T.WIRE_DTYPES[name]
         tensor.shape.extend(array.shape)
         msg.raw_input_contents.append(np.ascontiguousarray(array).tobytes())
+    for name in T.requested_outputs(req):
+        msg.outputs.add().name = name
     msg.parameters[T.EMPTY_FINAL_RESPONSE_PARAM].bool_param = True
     return msg
 
@@ -90,32 +93,46 @@ def parse_response(
     no dict, no numpy, just memoryview casts of the two or three small tensors we read.
     """
     param = resp.parameters.get(T.FINAL_RESPONSE_PARAM)
-    final = bool(param.bool_param) if param is not None else False
-    ids_i = seq_i = lp_i = -1
-    for i, out in enumerate(resp.outputs):
+    final = param is not None and param.bool_param
+    ids_raw = seq_raw = lp_raw = None
+    ids_out = None
+    for out, data in zip(resp.outputs, resp.raw_output_contents, strict=False):
         name = out.name
-        if name == T.OUTPUT_IDS:
-            ids_i = i
-        elif name == T.SEQUENCE_LENGTH:
-            seq_i = i
-        elif name == T.OUTPUT_LOG_PROBS:
-            lp_i = i
-    raw = resp.raw_output_contents
-    if ids_i < 0 or ids_i >= len(raw) or resp.outputs[ids_i].datatype != "INT32":
+        if name == _OUTPUT_IDS:
+            ids_out, ids_raw = out, data
+        elif name == _SEQUENCE_LENGTH:
+            seq_raw = data
+        elif name == _OUTPUT_LOG_PROBS:
+            lp_raw = data if out.datatype == "FP32" else None
+    if ids_out is None:
+        # A flag-only final response (EOS) carries no tensors.
+        if not resp.outputs:
+            return T.EngineChunk([], [] if want_log_probs else None, final)
         return T.decode_engine_outputs(_response_getter(resp), final, want_log_probs)
-    ids = memoryview(raw[ids_i]).cast("i")
-    shape = resp.outputs[ids_i].shape
-    width = shape[-1] if shape else len(ids)
-    n = width
-    if 0 <= seq_i < len(raw) and len(raw[seq_i]) >= 4:
-        n = min(width, memoryview(raw[seq_i]).cast("i")[0])
+    if ids_out.datatype != "INT32":
+        return T.decode_engine_outputs(_response_getter(resp), final, want_log_probs)
+    ids = memoryview(ids_raw).cast("i")  # type: ignore[arg-type]
+    shape = ids_out.shape
+    n = shape[-1] if shape else len(ids)
+    if seq_raw is not None and len(seq_raw) >= 4:
+        n = min(n, memoryview(seq_raw).cast("i")[0])
     tokens = ids[:n].tolist()
     log_probs: list[float] | None = None
     if want_log_probs:
-        log_probs = []
-        if 0 <= lp_i < len(raw) and resp.outputs[lp_i].datatype == "FP32":
-            log_probs = [float(x) for x in memoryview(raw[lp_i]).cast("f")[: len(tokens)]]
+        # tolist() of an "f" view gives floats (typeshed says list[int]).
+        log_probs = (
+            cast(list[float], memoryview(lp_raw).cast("f")[: len(tokens)].tolist())
+            if lp_raw
+            else []
+        )
     return T.EngineChunk(tokens, log_probs, final)
+
+
+_OUTPUT_IDS, _SEQUENCE_LENGTH, _OUTPUT_LOG_PROBS = (
+    T.OUTPUT_IDS,
+    T.SEQUENCE_LENGTH,
+    T.OUTPUT_LOG_PROBS,
+)
 
 
 _STREAM_INFER = "/inference.GRPCInferenceService/ModelStreamInfer"

@@ -181,6 +181,14 @@ class EngineChunk:
     final: bool
 
 
+def requested_outputs(req: EngineRequest) -> tuple[str, ...]:
+    """The outputs to ask Triton for. Without a list Triton returns every output of the
+    model (logits, batch_index, ...) in every streamed response."""
+    if req.return_log_probs:
+        return (OUTPUT_IDS, SEQUENCE_LENGTH, OUTPUT_LOG_PROBS)
+    return (OUTPUT_IDS, SEQUENCE_LENGTH)
+
+
 def decode_engine_outputs(
     as_numpy: Callable[[str], np.ndarray | None], final: bool, want_log_probs: bool = False
 ) -> EngineChunk:

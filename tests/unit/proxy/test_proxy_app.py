@@ -292,3 +292,34 @@ def test_text_pipeline_stop_reasoning_tools(tokenizer):
     assert content == "Sure."
     assert calls[0].name == "f"
     assert json.loads("".join(d.arguments or "" for d in calls)) == {"a": 1}
+
+
+@pytest.mark.parametrize(
+    "raw,param,fragment",
+    [
+        (b'{"model": "qwen3", "messages": [', None, "not valid JSON: EOF while parsing"),
+        (b'{"model": "q\\udfff", "messages": []}', None, "lone leading surrogate"),
+        (
+            b'{"model": "qwen3", "messages": [{"role": "wizard", "content": "x"}]}',
+            "messages[0]",
+            "messages[0]",
+        ),
+        (b'{"model": "qwen3", "messages": [], "max_tokens": "many"}', "max_tokens", "integer"),
+        (b"", None, "not valid JSON"),
+    ],
+)
+async def test_body_errors_name_the_problem(client, raw, param, fragment):
+    r = await client.post(
+        "/v1/chat/completions", content=raw, headers={"Content-Type": "application/json"}
+    )
+    assert r.status_code == 400
+    err = r.json()["error"]
+    assert err["type"] == "invalid_request_error"
+    assert fragment in err["message"]
+    assert (err["param"] or "").startswith(param or "")
+
+
+async def test_body_schema_stays_in_openapi(client):
+    spec = (await client.get("/openapi.json")).json()
+    body = spec["paths"]["/v1/chat/completions"]["post"]["requestBody"]
+    assert "messages" in body["content"]["application/json"]["schema"]["properties"]

@@ -4,6 +4,7 @@ tokenizer: client data never yields template markers; text and token counts stay
 from __future__ import annotations
 
 import asyncio
+import unicodedata
 
 import pytest
 from hypothesis import given, settings
@@ -94,7 +95,9 @@ def test_forged_markers_never_become_special_tokens(chat, system, user, tool):
         tokenize=False,
     )  # fmt: skip
     # Same text as the template renders: only the tokenization of client data differs.
-    assert TOK.decode(ids) == rendered
+    # The Qwen3 tokenizer normalizes to NFC first, so compare with the NFC form
+    # (e.g. U+0F5C comes back as U+0F5B U+0FB7).
+    assert TOK.decode(ids) == unicodedata.normalize("NFC", rendered)
     # Added tokens in the prompt are exactly the template's own (same messages, plain text).
     plain = [m if m["role"] == "assistant" else {**m, "content": "x"} for m in messages]
     own = TOK.encode(
