@@ -193,7 +193,8 @@ class GrpcStream:
         if self.id not in conn.streams:
             return
         if not self.remote_closed:
-            self.error = GrpcCallError(CANCELLED, "cancelled by the client")
+            if self.error is None:
+                self.error = GrpcCallError(CANCELLED, "cancelled by the client")
             self.remote_closed = True
         self.local_closed = True
         self._pending = b""
@@ -262,8 +263,11 @@ class H2Connection(asyncio.Protocol):
         try:
             while n - pos >= 9:
                 hi, lo, ftype, flags, sid = _FRAME_HEAD.unpack_from(buf, pos)
+                size = hi << 16 | lo
+                if size > 16384:
+                    raise H2ProtocolError(f"frame of {size} bytes exceeds 16384")
                 start = pos + 9
-                end = start + (hi << 16 | lo)
+                end = start + size
                 if end > n:
                     break
                 pos = end
@@ -479,6 +483,9 @@ class H2Connection(asyncio.Protocol):
         unary call, or left open for a bidirectional one)."""
         if not self.can_start():
             raise GrpcCallError(UNAVAILABLE, "connection is not usable for new calls")
+        block = self._header_block(path)
+        if len(block) > self._peer_max_frame:
+            raise GrpcCallError(INTERNAL, "request headers larger than one frame")
         sid = self._next_id
         self._next_id += 2
         if self._next_id > _LAST_STREAM_ID:
@@ -486,9 +493,6 @@ class H2Connection(asyncio.Protocol):
         stream = GrpcStream(self, sid, self._peer_initial_window)
         stream.last_activity = self.loop.time()
         self.streams[sid] = stream
-        block = self._header_block(path)
-        if len(block) > self._peer_max_frame:
-            raise GrpcCallError(INTERNAL, "request headers larger than one frame")
         out = [_frame(_HEADERS, _END_HEADERS, sid, block)]
         stream._pending = _U32.pack(len(message)).rjust(5, b"\0") + message
         stream._end_after_pending = end_stream
@@ -618,7 +622,7 @@ class GrpcChannel:
             )
         except (OSError, TimeoutError) as exc:
             raise GrpcCallError(
-                UNAVAILABLE, f"cannot connect to {self.host}:{self.port}: {exc or 'timeout'}"
+                UNAVAILABLE, f"cannot connect to {self.host}:{self.port}: {str(exc) or 'timeout'}"
             ) from None
         self._conns.append(conn)
         return conn
@@ -663,6 +667,7 @@ def split_target(target: str) -> tuple[str, int]:
     """``host:port``, ``[v6]:port`` or ``grpc://host:port`` -> (host, port)."""
     text = target.split("://", 1)[-1].rstrip("/")
     host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not host:
+    host = host.strip("[]")
+    if not sep or not port.isdigit() or not host or not 0 < int(port) < 65536:
         raise ValueError(f"expected host:port for the gRPC address, got {target!r}")
-    return host.strip("[]"), int(port)
+    return host, int(port)
