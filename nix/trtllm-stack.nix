@@ -33,6 +33,19 @@ let
     "build"
     "dist"
   ];
+  serveDeps = [
+    fastapi
+    uvicorn
+    pydantic-settings
+    tritonclient
+    hpack
+    transformers
+    tokenizers
+    jinja2
+    orjson
+    prometheus-client
+    httpx
+  ];
 in
 buildPythonPackage {
   pname = project.name;
@@ -50,34 +63,10 @@ buildPythonPackage {
     numpy
     pydantic
   ];
-  optional-dependencies.serve = [
-    fastapi
-    uvicorn
-    pydantic-settings
-    tritonclient
-    hpack
-    transformers
-    tokenizers
-    jinja2
-    orjson
-    prometheus-client
-    httpx
-    matplotlib
-  ];
-  # The apps run the proxy and launcher from this package, so serving deps are always in.
-  propagatedBuildInputs = [
-    fastapi
-    uvicorn
-    pydantic-settings
-    tritonclient
-    hpack
-    transformers
-    tokenizers
-    jinja2
-    orjson
-    prometheus-client
-    httpx
-  ];
+  optional-dependencies.serve = serveDeps ++ [ matplotlib ];
+  # The apps run the proxy and launcher from this package, so serving deps are always in
+  # (matplotlib, for benchmark plots only, stays optional).
+  propagatedBuildInputs = serveDeps;
   # The test suite runs as a flake check (nix/checks.nix), not in the package build.
   doCheck = false;
   pythonImportsCheck = [

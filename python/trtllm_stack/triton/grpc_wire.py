@@ -59,7 +59,6 @@ MAX_MESSAGE = 64 * 1024 * 1024
 
 _FRAME_HEAD = struct.Struct(">BHBBI")  # 24-bit length as (high byte, low 16 bits)
 _U32 = struct.Struct(">I")
-_WINDOW = struct.Struct(">I")
 _SETTING = struct.Struct(">HI")
 
 
@@ -243,7 +242,7 @@ class H2Connection(asyncio.Protocol):
         self.transport.write(
             _PREFACE
             + _frame(_SETTINGS, 0, 0, settings)
-            + _frame(_WINDOW_UPDATE, 0, 0, _WINDOW.pack(_MAX_WINDOW - _DEFAULT_WINDOW))
+            + _frame(_WINDOW_UPDATE, 0, 0, _U32.pack(_MAX_WINDOW - _DEFAULT_WINDOW))
         )
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -286,14 +285,14 @@ class H2Connection(asyncio.Protocol):
                     if flags & _END_STREAM:
                         self._remote_end(stream, GrpcCallError(INTERNAL, "no gRPC status"))
                     elif stream.received > _REPLENISH:
-                        self._write(_frame(_WINDOW_UPDATE, 0, sid, _WINDOW.pack(stream.received)))
+                        self._write(_frame(_WINDOW_UPDATE, 0, sid, _U32.pack(stream.received)))
                         stream.received = 0
                 elif ftype in (_HEADERS, _CONTINUATION):
                     self._on_header_frame(ftype, flags, sid, buf[start:end], now)
                 elif self._continuation is not None:
                     raise H2ProtocolError("header block interrupted by another frame")
                 elif ftype == _WINDOW_UPDATE:
-                    self._on_window_update(sid, _WINDOW.unpack_from(buf, start)[0] & _MAX_WINDOW)
+                    self._on_window_update(sid, _U32.unpack_from(buf, start)[0] & _MAX_WINDOW)
                 elif ftype == _SETTINGS:
                     if not flags & _ACK:
                         self._on_settings(buf[start:end])
@@ -317,7 +316,7 @@ class H2Connection(asyncio.Protocol):
             return
         self._buf = buf[pos:] if pos < n else b""
         if self._received > _REPLENISH:
-            self._write(_frame(_WINDOW_UPDATE, 0, 0, _WINDOW.pack(self._received)))
+            self._write(_frame(_WINDOW_UPDATE, 0, 0, _U32.pack(self._received)))
             self._received = 0
 
     # -- frames ---------------------------------------------------------------------------
