@@ -18,6 +18,7 @@
   orjson,
   prometheus-client,
   httpx,
+  aiohttp,
   matplotlib,
   # python/ of this repository
   pythonSrc,
@@ -45,6 +46,7 @@ let
     orjson
     prometheus-client
     httpx
+    aiohttp
   ];
 in
 buildPythonPackage {

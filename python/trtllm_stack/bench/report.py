@@ -41,6 +41,7 @@ def environment() -> dict[str, Any]:
     for dist in (
         "trtllm-stack",
         "httpx",
+        "aiohttp",  # the bench HTTP client
         "tritonclient",
         "grpcio",
         "transformers",

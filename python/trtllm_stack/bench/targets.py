@@ -70,13 +70,10 @@ def _short(text: str, limit: int = 160) -> str:
 class OpenAITarget:
     kind = "openai"
 
-    def __init__(
-        self, url: str, options: RequestOptions, tokenizer: Any, transport: Any = None
-    ) -> None:
+    def __init__(self, url: str, options: RequestOptions, tokenizer: Any) -> None:
         self.url = url
         self.options = options
         self.tokenizer = tokenizer
-        self._transport = transport  # tests: httpx.MockTransport
         base = url.rstrip("/")
         if not base.endswith("/v1"):
             base += "/v1"
@@ -84,80 +81,96 @@ class OpenAITarget:
         self.path = "/chat/completions" if options.endpoint == "chat" else "/completions"
         self.model = options.model
         self._outcomes: dict[int, Outcome] = {}
-        # One single-connection client per concurrent request, reused: a single shared
+        # One single-connection session per concurrent request, reused: a single shared
         # pool starved some requests for seconds once the generator's loop was busy
-        # (measured: 64 streams, TTFT p99 4.6 s against a trivial server; per-client
-        # connections: no tail). Clients are kept idle between requests.
+        # (measured with httpx: 64 streams, TTFT p99 4.6 s against a trivial server;
+        # per-client connections: no tail). Sessions are kept idle between requests.
         self._idle: list[Any] = []
-        self._clients: list[Any] = []
+        self._sessions: list[Any] = []
         self._ssl: Any = None
+        self._request_url: Any = None  # yarl.URL, parsed once in open()
+        self._models_url: Any = None
 
-    def _new_client(self) -> Any:
-        import httpx
+    def _new_session(self) -> Any:
+        import aiohttp
 
         headers = {"Accept-Encoding": "identity", "Content-Type": "application/json"}
         if self.options.api_key:
             headers["Authorization"] = f"Bearer {self.options.api_key}"
-        client = httpx.AsyncClient(
-            base_url=self.base,
+        session = aiohttp.ClientSession(
+            # limit=1: the session's one connection, kept alive from request to request.
+            # One TLS context for all sessions (each would otherwise load the CA store).
+            connector=aiohttp.TCPConnector(limit=1, ssl=self._ssl or True),
             headers=headers,
-            limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
-            timeout=httpx.Timeout(self.options.request_timeout, connect=30.0),
-            transport=self._transport,
-            verify=self._ssl,  # one TLS context for all clients (each would build its own)
+            auto_decompress=False,
+            # as with httpx before: a limit per socket read, not on the whole stream
+            timeout=aiohttp.ClientTimeout(
+                total=None, connect=30.0, sock_read=self.options.request_timeout
+            ),
         )
-        self._clients.append(client)
-        return client
+        self._sessions.append(session)
+        return session
 
     async def open(self, pool_size: int | None) -> None:
         import ssl
 
+        from yarl import URL  # aiohttp's URL type
+
+        self._request_url = URL(self.base + self.path)
+        self._models_url = URL(self.base + "/models")
         self._ssl = ssl.create_default_context()
         if self.model is None:
-            self.model = await self._discover_model()
+            try:
+                self.model = await self._discover_model()
+            except BaseException:
+                await self.close()  # callers close only targets that opened
+                raise
 
     async def prepare(self, count: int | None) -> None:
-        """Have ``count`` clients with an open connection before a level starts, so
+        """Have ``count`` sessions with an open connection before a level starts, so
         that TCP setup of a burst of new connections is not measured as TTFT."""
-        import httpx
+        import aiohttp
 
         if not count:
             return
-        while len(self._clients) < count:
-            self._idle.append(self._new_client())
+        while len(self._sessions) < count:
+            self._idle.append(self._new_session())
         idle = list(self._idle)
 
-        async def touch(client: Any) -> None:
-            with contextlib.suppress(httpx.HTTPError):
-                await client.get("/models")
+        async def touch(session: Any) -> None:
+            with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                async with session.get(self._models_url) as resp:
+                    await resp.read()  # read to the end: an unread body closes the connection
 
-        await asyncio.gather(*(touch(c) for c in idle))
+        await asyncio.gather(*(touch(s) for s in idle))
 
     async def _discover_model(self) -> str:
-        import httpx
+        import aiohttp
+        import orjson
 
-        client = self._new_client()
+        session = self._new_session()
         try:
-            resp = await client.get("/models")
-            resp.raise_for_status()
-            models = resp.json().get("data") or []
+            async with session.get(self._models_url) as resp:
+                resp.raise_for_status()
+                # orjson, not resp.json(): that one insists on a JSON content type
+                models = orjson.loads(await resp.read()).get("data") or []
             if models and isinstance(models[0].get("id"), str):
                 return str(models[0]["id"])
-        except (httpx.HTTPError, ValueError, AttributeError) as exc:
+        except (aiohttp.ClientError, TimeoutError, ValueError, AttributeError) as exc:
             raise UserError(
                 f"--target {self.url}: cannot list models"
                 f" ({_short(str(exc)) or type(exc).__name__});"
                 " is the server up? pass --model to skip the lookup"
             ) from None
         finally:
-            self._idle.append(client)
+            self._idle.append(session)
         raise UserError(f"--target {self.url}: /v1/models lists no model; pass --model")
 
     async def close(self) -> None:
-        clients, self._clients, self._idle = self._clients, [], []
-        for client in clients:
+        sessions, self._sessions, self._idle = self._sessions, [], []
+        for session in sessions:
             with contextlib.suppress(Exception):
-                await client.aclose()
+                await session.close()
 
     def describe(self) -> dict[str, Any]:
         return {"url": self.url, "kind": self.kind, "model": self.model, "endpoint": self.path}
@@ -179,7 +192,7 @@ class OpenAITarget:
         return body
 
     async def send(self, item: WorkItem, rec: RequestRecord) -> None:
-        import httpx
+        import aiohttp
         import orjson
 
         chat = self.options.endpoint == "chat"
@@ -189,18 +202,17 @@ class OpenAITarget:
         stamps: list[float] = []
         usage: dict[str, Any] | None = None
         done = False
-        client = self._idle.pop() if self._idle else self._new_client()
+        session = self._idle.pop() if self._idle else self._new_session()
         t_send = time.perf_counter()
         try:
-            async with client.stream("POST", self.path, content=content) as resp:
-                if resp.status_code != 200:
-                    body = (await resp.aread()).decode("utf-8", errors="replace")
-                    rec.status, rec.error = (
-                        ERROR,
-                        f"HTTP {resp.status_code}: {_error_message(body)}",
-                    )
+            # Leaving this block before the body's end (error, cancellation) closes the
+            # connection rather than pooling it, so the server sees the client go away.
+            async with session.post(self._request_url, data=content) as resp:
+                if resp.status != 200:
+                    body = (await resp.read()).decode("utf-8", errors="replace")
+                    rec.status, rec.error = ERROR, f"HTTP {resp.status}: {_error_message(body)}"
                     return
-                async for raw in resp.aiter_raw():
+                async for raw in resp.content.iter_any():
                     for ev in parser.feed(raw):
                         data = ev.data
                         if data == "[DONE]":
@@ -224,20 +236,20 @@ class OpenAITarget:
                 for ev in parser.close():
                     if ev.data == "[DONE]":
                         done = True
-        except httpx.TimeoutException:
+        except TimeoutError:  # aiohttp's connect and read timeouts subclass it
             rec.status, rec.error = ERROR, "timeout"
-        except httpx.RemoteProtocolError:
+        except (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError):
             rec.status, rec.error = ERROR, "connection closed mid-response"
-        except httpx.ConnectError:
+        except aiohttp.ClientConnectorError:
             rec.status, rec.error = ERROR, "cannot connect"
-        except httpx.HTTPError as exc:
+        except aiohttp.ClientError as exc:
             rec.status, rec.error = ERROR, f"{type(exc).__name__}: {_short(str(exc))}"
         except (orjson.JSONDecodeError, AttributeError, TypeError):
             rec.status, rec.error = ERROR, "malformed SSE data"
         finally:
             # also on cancellation: whatever arrived is kept
             t_end = time.perf_counter()
-            self._idle.append(client)
+            self._idle.append(session)
             rec.e2e = t_end - t_send
             _fill_timing(rec, t_send, stamps)
             outcome = Outcome()

@@ -223,6 +223,7 @@ let
           "orjson"
           "prometheus-client"
           "httpx"
+          "aiohttp"
           "matplotlib"
           "huggingface-hub"
           "pytest"
