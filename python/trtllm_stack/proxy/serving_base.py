@@ -13,6 +13,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from starlette.requests import Request
@@ -37,9 +38,11 @@ from trtllm_stack.proxy.errors import (
     json_response,
 )
 from trtllm_stack.proxy.metrics import ProxyMetrics
+from trtllm_stack.proxy.pipeline import TextPipeline
 from trtllm_stack.proxy.protocol import _SamplingRequest
 from trtllm_stack.proxy.settings import ProxySettings
 from trtllm_stack.proxy.special_tokens import LiteralText
+from trtllm_stack.proxy.sse import DONE, event
 from trtllm_stack.triton.tensors import EngineChunk, EngineRequest
 
 log = logging.getLogger("trtllm_stack.proxy")
@@ -304,6 +307,95 @@ def completion_logprobs(
         "top_logprobs": None,
         "text_offset": offsets,
     }
+
+
+@dataclass(slots=True)
+class Collected:
+    """A whole generation read for a non-streaming reply (text after stop strings)."""
+
+    text: str
+    completion_tokens: int
+    finish_reason: str  # "stop" or "length"; chat may still turn it into "tool_calls"
+    token_ids: list[int]  # with log probs only
+    log_probs: list[float]
+
+
+async def collect(
+    ctx: ServingContext,
+    req: EngineRequest,
+    pump: ChunkStream,
+    lease: Lease,
+    stops: Sequence[str],
+    want_log_probs: bool,
+) -> Collected:
+    """Read ``pump`` to its end (or the first stop string) for a non-streaming reply."""
+    pipeline = TextPipeline(ctx.tokenizer, stops=stops)
+    parts: list[str] = []
+    ids_all: list[int] = []
+    lps_all: list[float] = []
+    n_out = 0
+    last = -1
+    try:
+        while (batch := await pump.next_batch()) is not None:
+            for chunk in batch:
+                ids = chunk.token_ids
+                if ids:
+                    if n_out == 0:
+                        ctx.metrics.ttft.observe(time.perf_counter() - lease.start)
+                    n_out += len(ids)
+                    last = ids[-1]
+                    parts.append(pipeline.push(ids)[1])
+                    if want_log_probs:
+                        ids_all.extend(ids)
+                        lps_all.extend(chunk.log_probs or ())
+                if pipeline.stopped or chunk.final:
+                    break
+            if pipeline.stopped or batch[-1].final:
+                break
+    except Exception as exc:
+        raise backend_error(exc) from None
+    finally:
+        pump.close()
+    parts.append(pipeline.finish()[1])
+    finish = "stop" if pipeline.stopped else ctx.finish_reason(req, n_out, last)
+    return Collected("".join(parts), n_out, finish, ids_all, lps_all)
+
+
+def stream_failed(ctx: ServingContext, exc: Exception, out: list[bytes], lease: Lease) -> bytes:
+    """The last bytes of a stream the backend broke: what was pending, an error event,
+    ``[DONE]``. Counts the error and releases the lease."""
+    err = backend_error(exc)
+    ctx.metrics.count_error(err.code or err.type)
+    out.append(event(err.body()))
+    out.append(DONE)
+    lease.release()
+    return b"".join(out)
+
+
+def stream_finished(
+    ctx: ServingContext,
+    out: list[bytes],
+    head: dict[str, Any],
+    *,
+    prompt_tokens: int,
+    completion_tokens: int,
+    include_usage: bool,
+    finish: str,
+    lease: Lease,
+) -> bytes:
+    """The last bytes of a stream that ended normally: what was pending (with the final
+    chunk), the usage chunk when asked for, ``[DONE]``. Counts and releases the lease."""
+    if include_usage:
+        out.append(event({**head, "choices": [], "usage": usage(prompt_tokens, completion_tokens)}))
+    out.append(DONE)
+    count_finished(ctx, completion_tokens, finish)
+    lease.release()
+    return b"".join(out)
+
+
+def count_finished(ctx: ServingContext, completion_tokens: int, finish: str) -> None:
+    ctx.metrics.completion_tokens.inc(completion_tokens)
+    ctx.metrics.finished.labels(finish).inc()
 
 
 class _Plan(Protocol):

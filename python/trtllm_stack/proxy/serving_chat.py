@@ -25,14 +25,17 @@ from trtllm_stack.proxy.protocol import ChatCompletionRequest, ChatMessage, Name
 from trtllm_stack.proxy.serving_base import (
     Lease,
     ServingContext,
-    backend_error,
     chat_logprobs,
+    collect,
+    count_finished,
     new_request_id,
     serve_plan,
+    stream_failed,
+    stream_finished,
     usage,
 )
 from trtllm_stack.proxy.special_tokens import Escaper
-from trtllm_stack.proxy.sse import DONE, ChunkTemplate, dumps, event
+from trtllm_stack.proxy.sse import ChunkTemplate, dumps
 from trtllm_stack.triton.tensors import EngineChunk, EngineRequest
 
 # Prompts longer than this are templated and tokenized in a worker thread so that one big
@@ -264,38 +267,8 @@ class ChatService:
 
     async def _aggregate(self, plan: ChatPlan, pump: ChunkStream, lease: Lease) -> dict[str, Any]:
         ctx = self.ctx
-        pipeline = TextPipeline(ctx.tokenizer, stops=plan.stops)
-        parts: list[str] = []
-        ids_all: list[int] = []
-        lps_all: list[float] = []
-        n_out = 0
-        last = -1
-        first_token_at: float | None = None
-        try:
-            while (batch := await pump.next_batch()) is not None:
-                for chunk in batch:
-                    ids = chunk.token_ids
-                    if ids:
-                        if first_token_at is None:
-                            first_token_at = time.perf_counter()
-                            ctx.metrics.ttft.observe(first_token_at - lease.start)
-                        n_out += len(ids)
-                        last = ids[-1]
-                        _, text, _ = pipeline.push(ids)
-                        parts.append(text)
-                        if plan.want_logprobs:
-                            ids_all.extend(ids)
-                            lps_all.extend(chunk.log_probs or ())
-                    if pipeline.stopped or chunk.final:
-                        break
-                if pipeline.stopped or batch[-1].final:
-                    break
-        except Exception as exc:
-            raise backend_error(exc) from None
-        finally:
-            pump.close()
-        parts.append(pipeline.finish()[1])
-        text = "".join(parts)
+        got = await collect(ctx, plan.engine_req, pump, lease, plan.stops, plan.want_logprobs)
+        text = got.text
         reasoning: str | None = None
         if plan.reasoning:
             reasoning, text = split_reasoning(
@@ -304,7 +277,7 @@ class ChatService:
         message: dict[str, Any] = {"role": "assistant", "content": text}
         if reasoning:
             message["reasoning_content"] = reasoning
-        finish = "stop" if pipeline.stopped else ctx.finish_reason(plan.engine_req, n_out, last)
+        finish = got.finish_reason
         if plan.tool_names is not None:
             content, calls = parse_tool_calls(text, plan.tool_names)
             if calls:
@@ -318,9 +291,12 @@ class ChatService:
                     for c in calls
                 ]
                 finish = "tool_calls"
-        ctx.metrics.completion_tokens.inc(n_out)
-        ctx.metrics.finished.labels(finish).inc()
-        logprobs = chat_logprobs(ctx.tokenizer, ids_all, lps_all) if plan.want_logprobs else None
+        count_finished(ctx, got.completion_tokens, finish)
+        logprobs = (
+            chat_logprobs(ctx.tokenizer, got.token_ids, got.log_probs)
+            if plan.want_logprobs
+            else None
+        )
         return {
             "id": plan.request_id,
             "object": "chat.completion",
@@ -329,7 +305,7 @@ class ChatService:
             "choices": [
                 {"index": 0, "message": message, "logprobs": logprobs, "finish_reason": finish}
             ],
-            "usage": usage(plan.prompt_tokens, n_out),
+            "usage": usage(plan.prompt_tokens, got.completion_tokens),
         }
 
     # -- streaming -------------------------------------------------------------------
@@ -398,12 +374,7 @@ class ChatService:
             finally:
                 pump.close()
         except Exception as exc:
-            err = backend_error(exc)
-            metrics.count_error(err.code or err.type)
-            out.append(event(err.body()))
-            out.append(DONE)
-            lease.release()
-            yield b"".join(out)
+            yield stream_failed(ctx, exc, out, lease)
             return
         r, c, deltas = pipeline.finish()
         if r or c or deltas:
@@ -423,13 +394,16 @@ class ChatService:
         else:
             finish = ctx.finish_reason(plan.engine_req, n_out, last)
         out.append(tpl.final(b"{}", finish))
-        if plan.include_usage:
-            out.append(event({**head, "choices": [], "usage": usage(plan.prompt_tokens, n_out)}))
-        out.append(DONE)
-        metrics.completion_tokens.inc(n_out)
-        metrics.finished.labels(finish).inc()
-        lease.release()
-        yield b"".join(out)
+        yield stream_finished(
+            ctx,
+            out,
+            head,
+            prompt_tokens=plan.prompt_tokens,
+            completion_tokens=n_out,
+            include_usage=plan.include_usage,
+            finish=finish,
+            lease=lease,
+        )
 
 
 def _delta_body(reasoning: str, content: str, deltas: list[ToolCallDelta]) -> bytes:

@@ -17,13 +17,16 @@ from trtllm_stack.proxy.protocol import CompletionRequest
 from trtllm_stack.proxy.serving_base import (
     Lease,
     ServingContext,
-    backend_error,
+    collect,
     completion_logprobs,
+    count_finished,
     new_request_id,
     serve_plan,
+    stream_failed,
+    stream_finished,
     usage,
 )
-from trtllm_stack.proxy.sse import DONE, ChunkTemplate, dumps, event
+from trtllm_stack.proxy.sse import ChunkTemplate, dumps
 from trtllm_stack.triton.tensors import EngineChunk, EngineRequest
 
 
@@ -113,39 +116,12 @@ class CompletionService:
         self, plan: CompletionPlan, pump: ChunkStream, lease: Lease
     ) -> dict[str, Any]:
         ctx = self.ctx
-        pipeline = TextPipeline(ctx.tokenizer, stops=plan.stops)
-        parts: list[str] = []
-        ids_all: list[int] = []
-        lps_all: list[float] = []
-        n_out = 0
-        last = -1
-        try:
-            while (batch := await pump.next_batch()) is not None:
-                for chunk in batch:
-                    ids = chunk.token_ids
-                    if ids:
-                        if n_out == 0:
-                            ctx.metrics.ttft.observe(time.perf_counter() - lease.start)
-                        n_out += len(ids)
-                        last = ids[-1]
-                        parts.append(pipeline.push(ids)[1])
-                        if plan.want_logprobs:
-                            ids_all.extend(ids)
-                            lps_all.extend(chunk.log_probs or ())
-                    if pipeline.stopped or chunk.final:
-                        break
-                if pipeline.stopped or batch[-1].final:
-                    break
-        except Exception as exc:
-            raise backend_error(exc) from None
-        finally:
-            pump.close()
-        parts.append(pipeline.finish()[1])
-        finish = "stop" if pipeline.stopped else ctx.finish_reason(plan.engine_req, n_out, last)
-        ctx.metrics.completion_tokens.inc(n_out)
-        ctx.metrics.finished.labels(finish).inc()
+        got = await collect(ctx, plan.engine_req, pump, lease, plan.stops, plan.want_logprobs)
+        count_finished(ctx, got.completion_tokens, got.finish_reason)
         logprobs = (
-            completion_logprobs(ctx.tokenizer, ids_all, lps_all, 0) if plan.want_logprobs else None
+            completion_logprobs(ctx.tokenizer, got.token_ids, got.log_probs, 0)
+            if plan.want_logprobs
+            else None
         )
         return {
             "id": plan.request_id,
@@ -153,9 +129,14 @@ class CompletionService:
             "created": plan.created,
             "model": plan.model,
             "choices": [
-                {"index": 0, "text": "".join(parts), "logprobs": logprobs, "finish_reason": finish}
+                {
+                    "index": 0,
+                    "text": got.text,
+                    "logprobs": logprobs,
+                    "finish_reason": got.finish_reason,
+                }
             ],
-            "usage": usage(plan.prompt_tokens, n_out),
+            "usage": usage(plan.prompt_tokens, got.completion_tokens),
         }
 
     async def _stream(
@@ -215,22 +196,20 @@ class CompletionService:
             finally:
                 pump.close()
         except Exception as exc:
-            err = backend_error(exc)
-            metrics.count_error(err.code or err.type)
-            out.append(event(err.body()))
-            out.append(DONE)
-            lease.release()
-            yield b"".join(out)
+            yield stream_failed(ctx, exc, out, lease)
             return
         text = pipeline.finish()[1]
         if text:
             out.append(tpl.chunk(dumps(text)))
         finish = "stop" if pipeline.stopped else ctx.finish_reason(plan.engine_req, n_out, last)
         out.append(tpl.final(b'""', finish))
-        if plan.include_usage:
-            out.append(event({**head, "choices": [], "usage": usage(plan.prompt_tokens, n_out)}))
-        out.append(DONE)
-        metrics.completion_tokens.inc(n_out)
-        metrics.finished.labels(finish).inc()
-        lease.release()
-        yield b"".join(out)
+        yield stream_finished(
+            ctx,
+            out,
+            head,
+            prompt_tokens=plan.prompt_tokens,
+            completion_tokens=n_out,
+            include_usage=plan.include_usage,
+            finish=finish,
+            lease=lease,
+        )
