@@ -32,6 +32,15 @@ def parse_sse(raw: str) -> list[Any]:
     return out
 
 
+def streamed_content(events: list[Any]) -> str:
+    """The content deltas of parsed chat chunks (``parse_sse``), joined."""
+    return "".join(
+        e["choices"][0]["delta"].get("content") or ""
+        for e in events
+        if isinstance(e, dict) and e.get("choices")
+    )
+
+
 def proxy_tasks(proxy: RunningProxy) -> int:
     """Number of unfinished asyncio tasks on the proxy's event loop."""
 

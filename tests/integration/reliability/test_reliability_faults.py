@@ -18,6 +18,7 @@ from reliability_helpers import (
     metric,
     parse_sse,
     proxy_tasks,
+    streamed_content,
     wait_until,
 )
 
@@ -143,12 +144,7 @@ def test_triton_killed_mid_stream_ends_every_stream_then_recovers(proxy_factory,
         )
         events = parse_sse(r.text)
         assert events[-1] == "[DONE]"
-        assert (
-            "".join(
-                e["choices"][0]["delta"].get("content") or "" for e in events[:-1] if e["choices"]
-            )
-            == "back"
-        )
+        assert streamed_content(events) == "back"
     finally:
         again.stop()
 
@@ -247,12 +243,7 @@ def test_client_that_stops_reading_is_cancelled_others_unaffected(proxy_factory,
         )
         events = parse_sse(r.text)
         assert events[-1] == "[DONE]"
-        assert (
-            "".join(
-                e["choices"][0]["delta"].get("content") or "" for e in events[:-1] if e["choices"]
-            )
-            == "still fine"
-        )
+        assert streamed_content(events) == "still fine"
         # The stalled request is cancelled in the engine after the send timeout.
         ev = wait_for_event(
             triton.event_log,

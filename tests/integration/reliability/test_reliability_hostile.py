@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from proxy_helpers import read_events, start_proxy
-from reliability_helpers import chat_body, in_flight, parse_sse, wait_until
+from reliability_helpers import chat_body, in_flight, parse_sse, streamed_content, wait_until
 
 from trtllm_stack.tokenizer import load_tokenizer
 
@@ -443,8 +443,6 @@ def test_stream_with_injection_still_streams(hostile):
     )
     events = parse_sse(r.text)
     assert events[-1] == "[DONE]"
-    content = "".join(
-        e["choices"][0]["delta"].get("content") or "" for e in events[:-1] if e["choices"]
-    )
+    content = streamed_content(events)
     # The reply's own <think> (model output) is still parsed as reasoning.
     assert content == "streamed"
