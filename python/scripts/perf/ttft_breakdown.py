@@ -145,4 +145,7 @@ print("client send -> asgi", med([m["asgi"] - a for (a, _), m in zip(res, ms, st
 keys = ["asgi", "handler", "planned", "opened", "first_chunk"]
 for a, b in itertools.pairwise(keys):
     print(f"{a} -> {b}", med([m[b] - m[a] for m in ms]))
-print("first_chunk -> client sees", med([tf - m["first_chunk"] for (a, tf), m in zip(res, ms, strict=False)]))
+print(
+    "first_chunk -> client sees",
+    med([tf - m["first_chunk"] for (a, tf), m in zip(res, ms, strict=False)]),
+)

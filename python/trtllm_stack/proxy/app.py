@@ -152,7 +152,7 @@ def create_app(
 
         tokenizer = load_tokenizer(settings.resolve_tokenizer_dir())
     # Build the detokenizer's id->bytes tables now (~0.2 s), not inside the first request.
-    from trtllm_stack.proxy.detokenizer import prepare
+    from trtllm_stack.text.detokenizer import prepare
 
     prepare(tokenizer)
     metrics = ProxyMetrics()

@@ -38,11 +38,11 @@ from trtllm_stack.proxy.errors import (
     json_response,
 )
 from trtllm_stack.proxy.metrics import ProxyMetrics
-from trtllm_stack.proxy.pipeline import TextPipeline
 from trtllm_stack.proxy.protocol import _SamplingRequest
 from trtllm_stack.proxy.settings import ProxySettings
-from trtllm_stack.proxy.special_tokens import LiteralText
 from trtllm_stack.proxy.sse import DONE, event
+from trtllm_stack.text.pipeline import TextPipeline
+from trtllm_stack.text.special_tokens import LiteralText
 from trtllm_stack.triton.tensors import EngineChunk, EngineRequest
 
 log = logging.getLogger("trtllm_stack.proxy")

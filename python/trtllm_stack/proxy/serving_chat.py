@@ -14,13 +14,6 @@ from starlette.responses import Response
 
 from trtllm_stack.proxy.engine import ChunkStream
 from trtllm_stack.proxy.errors import InvalidRequest
-from trtllm_stack.proxy.parsers.reasoning import split_reasoning
-from trtllm_stack.proxy.parsers.tool_calls import (
-    ToolCallDelta,
-    ToolCallStreaming,
-    parse_tool_calls,
-)
-from trtllm_stack.proxy.pipeline import TextPipeline
 from trtllm_stack.proxy.protocol import ChatCompletionRequest, ChatMessage, NamedToolChoice
 from trtllm_stack.proxy.serving_base import (
     Lease,
@@ -34,8 +27,15 @@ from trtllm_stack.proxy.serving_base import (
     stream_finished,
     usage,
 )
-from trtllm_stack.proxy.special_tokens import Escaper
 from trtllm_stack.proxy.sse import ChunkTemplate, dumps
+from trtllm_stack.text.pipeline import TextPipeline
+from trtllm_stack.text.reasoning import split_reasoning
+from trtllm_stack.text.special_tokens import Escaper
+from trtllm_stack.text.tool_calls import (
+    ToolCallDelta,
+    ToolCallStreaming,
+    parse_tool_calls,
+)
 from trtllm_stack.triton.tensors import EngineChunk, EngineRequest
 
 # Prompts longer than this are templated and tokenized in a worker thread so that one big

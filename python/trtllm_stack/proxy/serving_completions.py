@@ -12,7 +12,6 @@ from starlette.responses import Response
 
 from trtllm_stack.proxy.engine import ChunkStream
 from trtllm_stack.proxy.errors import InvalidRequest
-from trtllm_stack.proxy.pipeline import TextPipeline
 from trtllm_stack.proxy.protocol import CompletionRequest
 from trtllm_stack.proxy.serving_base import (
     Lease,
@@ -27,6 +26,7 @@ from trtllm_stack.proxy.serving_base import (
     usage,
 )
 from trtllm_stack.proxy.sse import ChunkTemplate, dumps
+from trtllm_stack.text.pipeline import TextPipeline
 from trtllm_stack.triton.tensors import EngineChunk, EngineRequest
 
 

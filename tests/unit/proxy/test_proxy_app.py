@@ -8,7 +8,7 @@ import json
 import pytest
 
 from trtllm_stack.proxy.engine import EngineSilent, TokenPump
-from trtllm_stack.proxy.pipeline import TextPipeline
+from trtllm_stack.text.pipeline import TextPipeline
 from trtllm_stack.triton.tensors import EngineChunk
 
 

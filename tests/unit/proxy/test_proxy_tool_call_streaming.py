@@ -1,7 +1,7 @@
 """Tool calls streamed incrementally (name, then argument fragments), the fallbacks to
 buffering, blocks that break after their name was sent, and the same through the app
 (SSE shape, finish_reason) over the fake engine. Buffered mode and the split-point
-equivalence of both modes are also covered in tests/unit/proxy_text."""
+equivalence of both modes are also covered in tests/unit/text."""
 
 from __future__ import annotations
 
@@ -15,14 +15,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from trtllm_stack.proxy.parsers.tool_calls import (
+from trtllm_stack.proxy.settings import ProxySettings
+from trtllm_stack.text.tool_calls import (
     CLOSE,
     Qwen3ToolCallParser,
     ToolCallDelta,
     ToolCallStreaming,
     parse_tool_calls,
 )
-from trtllm_stack.proxy.settings import ProxySettings
 
 TOOLS = {"get_weather", "search"}
 

@@ -1,4 +1,4 @@
-"""The special-token policy of the chat prompt (proxy/special_tokens.py) with the real Qwen3
+"""The special-token policy of the chat prompt (text/special_tokens.py) with the real Qwen3
 tokenizer: client data never yields template markers; text and token counts stay right."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from trtllm_stack.proxy.protocol import ChatCompletionRequest
 from trtllm_stack.proxy.serving_base import ServingContext
 from trtllm_stack.proxy.serving_chat import ChatService
 from trtllm_stack.proxy.settings import ProxySettings
-from trtllm_stack.proxy.special_tokens import Escaper, LiteralText
+from trtllm_stack.text.special_tokens import Escaper, LiteralText
 from trtllm_stack.tokenizer import bundled_qwen3_tokenizer_dir, load_tokenizer
 from trtllm_stack.triton.client import EngineLimits
 

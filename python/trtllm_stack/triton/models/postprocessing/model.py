@@ -16,7 +16,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 from transformers import AutoTokenizer
 
-from trtllm_stack.proxy.detokenizer import build_byte_table
+from trtllm_stack.text.detokenizer import build_byte_table
 
 _MAX_PENDING = 65536  # bound on requests with a partial character in flight
 

@@ -7,7 +7,7 @@ import itertools
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from trtllm_stack.proxy.stop import StopMatcher
+from trtllm_stack.text.stop import StopMatcher
 
 
 def reference(text: str, stops: list[str]) -> tuple[str, bool]:

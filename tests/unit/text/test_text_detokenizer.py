@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from trtllm_stack.proxy.detokenizer import IncrementalDetokenizer
+from trtllm_stack.text.detokenizer import IncrementalDetokenizer
 from trtllm_stack.tokenizer import bundled_qwen3_tokenizer_dir, load_tokenizer
 
 TOK = load_tokenizer(bundled_qwen3_tokenizer_dir())

@@ -59,7 +59,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from trtllm_stack.proxy.parsers.reasoning import partial_tag_suffix
+from trtllm_stack.text.reasoning import partial_tag_suffix
 
 OPEN = "<tool_call>"
 CLOSE = "</tool_call>"

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from trtllm_stack.proxy.parsers.tool_calls import (
+from trtllm_stack.text.tool_calls import (
     Qwen3ToolCallParser,
     ToolCallDelta,
     ToolCallStreaming,

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from trtllm_stack.proxy.parsers.reasoning import Qwen3ReasoningParser, split_reasoning
+from trtllm_stack.text.reasoning import Qwen3ReasoningParser, split_reasoning
 
 
 def stream(text: str, cuts: list[int], **kwargs: bool) -> tuple[str | None, str]:

@@ -10,14 +10,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from trtllm_stack.proxy.detokenizer import IncrementalDetokenizer
-from trtllm_stack.proxy.parsers.reasoning import Qwen3ReasoningParser
-from trtllm_stack.proxy.parsers.tool_calls import (
+from trtllm_stack.text.detokenizer import IncrementalDetokenizer
+from trtllm_stack.text.reasoning import Qwen3ReasoningParser
+from trtllm_stack.text.stop import StopMatcher
+from trtllm_stack.text.tool_calls import (
     Qwen3ToolCallParser,
     ToolCallDelta,
     ToolCallStreaming,
 )
-from trtllm_stack.proxy.stop import StopMatcher
 
 _NO_DELTAS: list[ToolCallDelta] = []
 

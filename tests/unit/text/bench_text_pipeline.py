@@ -4,7 +4,7 @@ detokenizer -> stop matcher -> reasoning parser -> tool-call parser, one token p
 (the worst case: Triton streams one response per token), over 128-token real Qwen3
 outputs. Not collected by pytest. Run:
 
-    python tests/unit/proxy_text/bench_text_pipeline.py [--repeat 300]
+    python tests/unit/text/bench_text_pipeline.py [--repeat 300]
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ from __future__ import annotations
 import argparse
 import time
 
-from trtllm_stack.proxy.detokenizer import IncrementalDetokenizer
-from trtllm_stack.proxy.parsers.reasoning import Qwen3ReasoningParser
-from trtllm_stack.proxy.parsers.tool_calls import Qwen3ToolCallParser
-from trtllm_stack.proxy.stop import StopMatcher
+from trtllm_stack.text.detokenizer import IncrementalDetokenizer
+from trtllm_stack.text.reasoning import Qwen3ReasoningParser
+from trtllm_stack.text.stop import StopMatcher
+from trtllm_stack.text.tool_calls import Qwen3ToolCallParser
 from trtllm_stack.tokenizer import bundled_qwen3_tokenizer_dir, load_tokenizer
 
 TOKENS = 128
