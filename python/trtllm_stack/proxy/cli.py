@@ -9,7 +9,13 @@ from typing import Any
 # flag -> ProxySettings field; every flag defaults to None so that TRTLLM_STACK_* env
 # variables and the built-in defaults apply when it is not given.
 _FLAGS: list[tuple[str, str, dict[str, Any], str]] = [
-    ("--triton-url", "triton_url", {}, "Triton gRPC address (default localhost:8001)"),
+    (
+        "--triton-url",
+        "triton_url",
+        {},
+        "Triton gRPC address (default localhost:8001); several, comma-separated, are"
+        " replicas behind this endpoint",
+    ),
     ("--triton-model", "triton_model", {}, "Triton model of the engine (default tensorrt_llm)"),
     ("--model-name", "served_model_name", {}, "model id clients use (default qwen3)"),
     ("--tokenizer-dir", "tokenizer_dir", {}, "tokenizer files (default: --engine-dir's)"),
@@ -31,6 +37,26 @@ _FLAGS: list[tuple[str, str, dict[str, Any], str]] = [
         " call whole once complete (buffered: a broken call comes back as content)",
     ),
     ("--log-level", "log_level", {}, "uvicorn log level (default info)"),
+    (
+        "--replica-health-interval",
+        "replica_health_interval",
+        {"type": float},
+        "seconds between replica health checks (default 0.5)",
+    ),
+    (
+        "--prefix-affinity-tokens",
+        "prefix_affinity_tokens",
+        {"type": int},
+        "block size for prefix-affinity routing (default 64; 0 = least-loaded only)",
+    ),
+    (
+        "--affinity-balance-ratio",
+        "affinity_balance_ratio",
+        {"type": float},
+        "prefix affinity holds while its replica has <= max(least + slack, ratio * least)"
+        " requests in flight (default 1.25)",
+    ),
+    ("--affinity-balance-slack", "affinity_balance_slack", {"type": int}, "default 2"),
 ]
 
 
