@@ -26,7 +26,7 @@ pytestmark = pytest.mark.integration
 
 PYTHON_MODELS = (T.PREPROCESSING_MODEL, T.POSTPROCESSING_MODEL, T.ENGINE_MODEL)
 
-_PROBE = '''
+_PROBE = """
 
 def _report_after(initialize):
     def wrapper(self, args):
@@ -46,7 +46,7 @@ def _report_after(initialize):
 
 
 TritonPythonModel.initialize = _report_after(TritonPythonModel.initialize)
-'''
+"""
 
 
 def _minimal_env() -> dict[str, str]:
