@@ -31,6 +31,10 @@ class Checkpoint:
     revision: str
     gpu_arch: str
     weight_bits: int
+    # True: ``repo`` is the unquantized BF16 model and the build quantizes it with ModelOpt
+    # through TensorRT-LLM's own ``quantize_and_export`` (engine/trtllm_api.py); False: a
+    # pre-quantized ModelOpt export that ships hf_quant_config.json.
+    modelopt_quantize: bool = False
 
 
 @dataclass(frozen=True)
@@ -56,6 +60,20 @@ class Variant:
     max_seq_len: int
     max_num_tokens: int
     vram_gb_per_gpu: int
+    # Prefix (KV-cache block) reuse in the model repository; `model-repo --no-kv-cache-reuse`
+    # also turns it off. Optional in variants.toml, default on.
+    kv_cache_reuse: bool = True
+
+    @property
+    def max_input_len(self) -> int:
+        """The longest prompt the variant promises: its whole context less one output token.
+
+        TensorRT-LLM's runtime takes the same value when chunked context is on
+        (cpp/tensorrt_llm/batch_manager/trtGptModelInflightBatching.cpp: "TRTGptModel
+        maxInputLen: %d  = maxSequenceLen - 1 since chunked context is enabled"); the build
+        passes it as ``--max_input_len`` so the engine's config.json says the same.
+        """
+        return self.max_seq_len - 1
 
     @property
     def checkpoint(self) -> Checkpoint:
@@ -156,6 +174,11 @@ def parse_table(data: dict[str, Any]) -> VariantTable:
                 weight_bits=_positive(
                     _require(c, "weight_bits", int, cwhere), "weight_bits", cwhere
                 ),
+                modelopt_quantize=(
+                    _require(c, "modelopt_quantize", bool, cwhere)
+                    if "modelopt_quantize" in c
+                    else False
+                ),
             )
         default_q = _require(m, "default_quantization", str, where)
         if default_q not in checkpoints:
@@ -195,7 +218,8 @@ def parse_table(data: dict[str, Any]) -> VariantTable:
         }
         if ints["tp"] & (ints["tp"] - 1):
             raise UserError(f"variants.toml: {where}: tp must be a power of two, got {ints['tp']}")
-        variants.append(Variant(model=model, quantization=quant, **ints))
+        reuse = _require(v, "kv_cache_reuse", bool, where) if "kv_cache_reuse" in v else True
+        variants.append(Variant(model=model, quantization=quant, kv_cache_reuse=reuse, **ints))
     seen: dict[str, int] = {}
     for i, var in enumerate(variants):
         for n in (var.name, var.package_name, var.app_name):

@@ -16,7 +16,11 @@ class ProxySettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="TRTLLM_STACK_", extra="ignore")
 
-    triton_url: str = Field(default="localhost:8001", description="Triton gRPC address (host:port)")
+    triton_url: str = Field(
+        default="localhost:8001",
+        description="Triton gRPC address (host:port); several, comma-separated, are"
+        " data-parallel replicas behind this one endpoint",
+    )
     triton_model: str = Field(
         default="tensorrt_llm", description="Triton model that runs the engine"
     )
@@ -74,6 +78,41 @@ class ProxySettings(BaseSettings):
         " arrive; buffered: each call whole once its block closed (a broken block: content)",
     )
     log_level: str = "info"
+    # Several Triton addresses (see proxy/replicas.py for the routing rules).
+    replica_health_interval: float = Field(
+        default=0.5, gt=0, description="seconds between health checks of each replica"
+    )
+    prefix_affinity_tokens: int = Field(
+        default=64,
+        ge=0,
+        description="prompt block size (tokens) for prefix affinity; 0 = least-loaded only",
+    )
+    affinity_balance_ratio: float = Field(
+        default=1.25,
+        ge=1.0,
+        description="a request follows its prefix's replica while that replica has at most"
+        " max(least + slack, ratio * least) requests in flight",
+    )
+    affinity_balance_slack: int = Field(
+        default=2, ge=0, description="absolute part of that bound (see affinity_balance_ratio)"
+    )
+
+    @field_validator("triton_url")
+    @classmethod
+    def _check_urls(cls, value: str) -> str:
+        from trtllm_stack.triton.grpc_wire import split_target
+
+        urls = [u.strip() for u in value.split(",") if u.strip()]
+        if not urls:
+            raise ValueError("no Triton address given")
+        for url in urls:
+            split_target(url)
+        if len(set(urls)) != len(urls):
+            raise ValueError("the same Triton address is listed twice")
+        return ",".join(urls)
+
+    def triton_urls(self) -> list[str]:
+        return self.triton_url.split(",")
 
     @field_validator("cors_origins", mode="before")
     @classmethod
