@@ -31,6 +31,10 @@ class Checkpoint:
     revision: str
     gpu_arch: str
     weight_bits: int
+    # True: ``repo`` is the unquantized BF16 model and the build quantizes it with ModelOpt
+    # through TensorRT-LLM's own ``quantize_and_export`` (engine/trtllm_api.py); False: a
+    # pre-quantized ModelOpt export that ships hf_quant_config.json.
+    modelopt_quantize: bool = False
 
 
 @dataclass(frozen=True)
@@ -59,6 +63,20 @@ class Variant:
     # Data parallelism: the replica counts served as apps (each replica a full copy of this
     # engine on its own tp GPUs). The engine is the same for every count.
     dp: tuple[int, ...] = (1,)
+    # Prefix (KV-cache block) reuse in the model repository; `model-repo --no-kv-cache-reuse`
+    # also turns it off. Optional in variants.toml, default on.
+    kv_cache_reuse: bool = True
+
+    @property
+    def max_input_len(self) -> int:
+        """The longest prompt the variant promises: its whole context less one output token.
+
+        TensorRT-LLM's runtime takes the same value when chunked context is on
+        (cpp/tensorrt_llm/batch_manager/trtGptModelInflightBatching.cpp: "TRTGptModel
+        maxInputLen: %d  = maxSequenceLen - 1 since chunked context is enabled"); the build
+        passes it as ``--max_input_len`` so the engine's config.json says the same.
+        """
+        return self.max_seq_len - 1
 
     @property
     def checkpoint(self) -> Checkpoint:
@@ -196,6 +214,11 @@ def parse_table(data: dict[str, Any]) -> VariantTable:
                 weight_bits=_positive(
                     _require(c, "weight_bits", int, cwhere), "weight_bits", cwhere
                 ),
+                modelopt_quantize=(
+                    _require(c, "modelopt_quantize", bool, cwhere)
+                    if "modelopt_quantize" in c
+                    else False
+                ),
             )
         default_q = _require(m, "default_quantization", str, where)
         if default_q not in checkpoints:
@@ -246,7 +269,10 @@ def parse_table(data: dict[str, Any]) -> VariantTable:
                 f"variants.toml: {where}: dp must be a list of distinct replica counts >= 1,"
                 f" got {dp!r}"
             )
-        variants.append(Variant(model=model, quantization=quant, dp=tuple(dp), **ints))
+        reuse = _require(v, "kv_cache_reuse", bool, where) if "kv_cache_reuse" in v else True
+        variants.append(
+            Variant(model=model, quantization=quant, dp=tuple(dp), kv_cache_reuse=reuse, **ints)
+        )
     seen: dict[str, int] = {}
     for i, var in enumerate(variants):
         names = [var.name, var.package_name, var.app_name]
