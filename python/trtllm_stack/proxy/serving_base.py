@@ -451,6 +451,11 @@ async def serve_plan(
     """
     from trtllm_stack.proxy.sse import SSEResponse
 
+    n = getattr(plan, "n", 1)
+    if n > 1 and not stream:
+        from trtllm_stack.proxy.choices import serve_n
+
+        return await serve_n(ctx, request, plan, n, aggregate)
     lease = ctx.admit()
     pump: ChunkStream | None = None
     try:

@@ -12,6 +12,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
+from trtllm_stack.proxy.choices import check_n
 from trtllm_stack.proxy.engine import ChunkStream
 from trtllm_stack.proxy.errors import InvalidRequest
 from trtllm_stack.proxy.guided import (
@@ -72,6 +73,7 @@ class ChatPlan:
     think_in_prompt: bool
     reasoning: bool
     include_usage: bool
+    n: int  # choices (n > 1: proxy/choices.py)
     continuous_usage: bool  # stream_options.continuous_usage_stats (vLLM)
     want_logprobs: bool
     tool_call_streaming: ToolCallStreaming = "incremental"
@@ -149,8 +151,6 @@ def _add_system_hint(messages: list[dict[str, Any]], hint: str) -> None:
 
 
 def _check_unsupported(body: ChatCompletionRequest) -> None:
-    if body.n not in (None, 1):
-        raise InvalidRequest("only n=1 is supported", param="n")
     if body.top_logprobs:
         raise InvalidRequest(
             "top_logprobs is not supported: the engine returns only the chosen token's"
@@ -264,6 +264,7 @@ class ChatService:
                 body.stream and body.stream_options and body.stream_options.include_usage
             ),
             continuous_usage=body.continuous_usage(),
+            n=check_n(body.n, bool(body.stream)),
             want_logprobs=want_logprobs,
             tool_call_streaming=ctx.settings.tool_call_streaming,
             forced_tools=forced,

@@ -10,6 +10,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
+from trtllm_stack.proxy.choices import check_n
 from trtllm_stack.proxy.engine import ChunkStream
 from trtllm_stack.proxy.errors import InvalidRequest
 from trtllm_stack.proxy.protocol import CompletionRequest
@@ -40,6 +41,7 @@ class CompletionPlan:
     prompt_tokens: int
     stops: list[str]
     include_usage: bool
+    n: int  # choices (n > 1: proxy/choices.py)
     continuous_usage: bool  # stream_options.continuous_usage_stats (vLLM)
     want_logprobs: bool
 
@@ -67,8 +69,6 @@ class CompletionService:
     async def plan(self, body: CompletionRequest) -> CompletionPlan:
         ctx = self.ctx
         ctx.check_model(body.model)
-        if body.n not in (None, 1):
-            raise InvalidRequest("only n=1 is supported", param="n")
         if body.best_of not in (None, 1):
             raise InvalidRequest(
                 "best_of is not supported: TensorRT-LLM's sampling has no best-of selection"
@@ -103,6 +103,7 @@ class CompletionService:
                 body.stream and body.stream_options and body.stream_options.include_usage
             ),
             continuous_usage=body.continuous_usage(),
+            n=check_n(body.n, bool(body.stream)),
             want_logprobs=want_logprobs,
         )
 

@@ -436,7 +436,7 @@ def test_errors_are_openai_json(client, proxy):
         client.chat.completions.create(model="gpt-4", messages=user("hi"))
     assert not_found.value.body["code"] == "model_not_found"
     with pytest.raises(openai.BadRequestError) as bad_n:
-        client.chat.completions.create(model="qwen3", messages=user("hi"), n=2)
+        client.chat.completions.create(model="qwen3", messages=user("hi"), n=2, stream=True)
     assert bad_n.value.body["param"] == "n"
     with pytest.raises(openai.BadRequestError) as bad_fmt:
         client.chat.completions.create(

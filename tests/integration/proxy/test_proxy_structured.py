@@ -300,3 +300,27 @@ def test_continuous_usage_stats_on_every_chunk(client):
         )
     )
     assert all(c.usage is None for c in plain)
+
+
+def test_n_choices_non_stream(client, proxy):
+    done = client.chat.completions.create(
+        model="qwen3", messages=reply("alpha beta"), n=3, max_tokens=20, seed=7
+    )
+    assert [c.index for c in done.choices] == [0, 1, 2]
+    assert all(
+        c.message.content == "alpha beta" and c.finish_reason == "stop" for c in done.choices
+    )
+    one = client.chat.completions.create(model="qwen3", messages=reply("alpha beta"))
+    assert done.usage.prompt_tokens == one.usage.prompt_tokens
+    assert done.usage.completion_tokens == 3 * one.usage.completion_tokens
+    # Each choice parses its own tool calls / guided output.
+    parsed = client.chat.completions.parse(
+        model="qwen3", messages=reply("prose"), response_format=Person, n=2, max_tokens=200
+    )
+    assert all(isinstance(c.message.parsed, Person) for c in parsed.choices)
+    r = httpx.post(
+        proxy.v1 + "/completions",
+        json={"model": "qwen3", "prompt": "[reply]x y[/reply]", "n": 2, "max_tokens": 5},
+        timeout=60,
+    )
+    assert [c["index"] for c in r.json()["choices"]] == [0, 1]
