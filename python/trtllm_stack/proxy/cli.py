@@ -32,6 +32,8 @@ _FLAGS: list[tuple[str, str, dict[str, Any], str]] = [
     ("--max-tool-chars", "max_tool_chars", {"type": int}, "characters of one tool (400)"),
     ("--max-logit-bias", "max_logit_bias", {"type": int}, "logit_bias entries (400)"),
     ("--max-n", "max_n", {"type": int}, "choices per request, n (400)"),
+    ("--template-timeout", "template_timeout", {"type": float}, "seconds per template render"),
+    ("--max-template-chars", "max_template_chars", {"type": int}, "template output limit"),
     ("--default-max-tokens", "default_max_tokens", {"type": int}, "when a request has none"),
     ("--backend-timeout", "backend_timeout", {"type": float}, "seconds of backend silence"),
     ("--send-timeout", "send_timeout", {"type": float}, "seconds a stalled client is kept"),

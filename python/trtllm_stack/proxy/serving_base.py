@@ -41,6 +41,7 @@ from trtllm_stack.proxy.metrics import ProxyMetrics
 from trtllm_stack.proxy.protocol import _SamplingRequest
 from trtllm_stack.proxy.settings import ProxySettings
 from trtllm_stack.proxy.sse import DONE, event
+from trtllm_stack.text.chat_template import ChatTemplate
 from trtllm_stack.text.pipeline import TextPipeline
 from trtllm_stack.text.special_tokens import LiteralText
 from trtllm_stack.triton.tensors import EngineChunk, EngineRequest
@@ -97,6 +98,11 @@ class ServingContext:
         )
         self._backend = tokenizer.backend_tokenizer
         self.literal = LiteralText(tokenizer)
+        self.chat_template = ChatTemplate(
+            tokenizer,
+            max_seconds=settings.template_timeout,
+            max_chars=settings.max_template_chars,
+        )
 
     def encode(self, text: str) -> list[int]:
         try:

@@ -57,6 +57,14 @@ class ProxySettings(BaseSettings):
         default=65_536, ge=1, description="characters of one tool definition as JSON (400)"
     )
     max_logit_bias: int = Field(default=300, ge=0, description="logit_bias entries (400)")
+    template_timeout: float = Field(
+        default=2.0, gt=0, description="seconds one chat-template render may take (400)"
+    )
+    max_template_chars: int = Field(
+        default=4_000_000,
+        ge=1024,
+        description="characters a chat-template render may produce or build (400)",
+    )
     max_n: int = Field(default=16, ge=1, description="choices per request, n (400 beyond)")
     default_max_tokens: int | None = Field(
         default=None,
