@@ -37,7 +37,7 @@ from trtllm_stack.proxy.errors import (
     ProxyError,
     json_response,
 )
-from trtllm_stack.proxy.guided import request_guide
+from trtllm_stack.proxy.guided import Guide, request_guide
 from trtllm_stack.proxy.metrics import ProxyMetrics
 from trtllm_stack.proxy.protocol import _SamplingRequest
 from trtllm_stack.proxy.settings import ProxySettings
@@ -157,6 +157,7 @@ class ServingContext:
         max_tokens: int | None,
         want_log_probs: bool,
         chat: bool,
+        tool_guide: Guide | None = None,
     ) -> EngineRequest:
         limits = await self.limits()
         n_prompt = len(prompt_ids)
@@ -196,6 +197,14 @@ class ServingContext:
             # Greedy: TensorRT-LLM expresses it as top_k=1 (temperature 0 is not valid there).
             temperature, top_k = None, 1
         guide = request_guide(body)
+        if tool_guide is not None:
+            if guide is not None:
+                raise InvalidRequest(
+                    "tool_choice required/named is enforced by a guide; it cannot be combined"
+                    " with another output constraint",
+                    param="tool_choice",
+                )
+            guide = tool_guide
         # ignore_eos: end_id -1, as TensorRT-LLM's own executor worker sends it
         # (tensorrt_llm/executor/worker.py: end_id=-1 if sampling_params.ignore_eos); the
         # extra EOS-like stop ids go too.

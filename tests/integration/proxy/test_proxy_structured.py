@@ -165,3 +165,89 @@ def test_bad_guides_are_400s_that_name_the_problem(client):
         assert words in err["message"], err
         if param is not None:
             assert err["param"] == param
+
+
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}},
+            "required": ["city"],
+        },
+    },
+}
+TIME = {
+    "type": "function",
+    "function": {
+        "name": "get_time",
+        "parameters": {
+            "type": "object",
+            "properties": {"zone": {"type": "string"}},
+            "required": ["zone"],
+        },
+    },
+}
+TWO_CALLS = (
+    '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>\n'
+    '<tool_call>\n{"name": "get_time", "arguments": {"zone": "CET"}}\n</tool_call>'
+)
+
+
+def _calls(message) -> list[tuple[str, dict]]:
+    return [(c.function.name, json.loads(c.function.arguments)) for c in message.tool_calls]
+
+
+def test_named_tool_choice_is_enforced_even_for_prose(client):
+    for text, city in [("I would rather chat.", ""), ('{"city": "Paris"}', "Paris")]:
+        done = client.chat.completions.create(
+            model="qwen3",
+            messages=reply(text),
+            tools=[WEATHER, TIME],
+            tool_choice={"type": "function", "function": {"name": "get_weather"}},
+            max_tokens=100,
+        )
+        choice = done.choices[0]
+        assert choice.finish_reason == "tool_calls" and choice.message.content is None
+        assert _calls(choice.message) == [("get_weather", {"city": city})]
+
+
+def test_required_tool_choice_stream_and_parallel_false(client):
+    chunks = list(
+        client.chat.completions.create(
+            model="qwen3",
+            messages=reply("no tools for me"),
+            tools=[WEATHER, TIME],
+            tool_choice="required",
+            max_tokens=100,
+            stream=True,
+        )
+    )
+    calls = [tc for c in chunks if c.choices for tc in c.choices[0].delta.tool_calls or []]
+    assert len(calls) == 1 and calls[0].function.name in ("get_weather", "get_time")
+    json.loads(calls[0].function.arguments)
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "tool_calls"
+    assert not "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+
+
+def test_parallel_tool_calls_false_keeps_the_first_call(client):
+    kwargs = {"model": "qwen3", "messages": reply(TWO_CALLS), "tools": [WEATHER, TIME]}
+    both = client.chat.completions.create(**kwargs)
+    assert [n for n, _ in _calls(both.choices[0].message)] == ["get_weather", "get_time"]
+    one = client.chat.completions.create(**kwargs, parallel_tool_calls=False)
+    assert _calls(one.choices[0].message) == [("get_weather", {"city": "Paris"})]
+    chunks = list(client.chat.completions.create(**kwargs, parallel_tool_calls=False, stream=True))
+    names = [
+        tc.function.name
+        for c in chunks
+        if c.choices
+        for tc in c.choices[0].delta.tool_calls or []
+        if tc.function and tc.function.name
+    ]
+    assert names == ["get_weather"]
+    # tool_choice auto stays free: plain text comes back as text.
+    free = client.chat.completions.create(
+        model="qwen3", messages=reply("just text"), tools=[WEATHER], tool_choice="auto"
+    )
+    assert free.choices[0].message.content == "just text"
