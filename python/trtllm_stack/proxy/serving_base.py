@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
+import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -414,6 +415,15 @@ def stream_finished(
     count_finished(ctx, completion_tokens, finish)
     lease.release()
     return b"".join(out)
+
+
+def stamp_usage(out: list[bytes], prompt_tokens: int, completion_tokens: int) -> None:
+    """continuous_usage_stats: the usage so far on each pending chunk (``...}]}\n\n`` ->
+    ``...}],"usage":{...}}\n\n``)."""
+    tail = b',"usage":' + orjson.dumps(usage(prompt_tokens, completion_tokens)) + b"}\n\n"
+    for i, chunk in enumerate(out):
+        if chunk.endswith(b"]}\n\n"):
+            out[i] = chunk[:-3] + tail
 
 
 def count_finished(ctx: ServingContext, completion_tokens: int, finish: str) -> None:

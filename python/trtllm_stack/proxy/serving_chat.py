@@ -31,6 +31,7 @@ from trtllm_stack.proxy.serving_base import (
     count_finished,
     new_request_id,
     serve_plan,
+    stamp_usage,
     stream_failed,
     stream_finished,
     usage,
@@ -70,6 +71,7 @@ class ChatPlan:
     think_in_prompt: bool
     reasoning: bool
     include_usage: bool
+    continuous_usage: bool  # stream_options.continuous_usage_stats (vLLM)
     want_logprobs: bool
     tool_call_streaming: ToolCallStreaming = "incremental"
     # tool_choice required/named: the output is guided JSON, read back as calls (guided.py).
@@ -127,8 +129,9 @@ def _template_messages(messages: list[ChatMessage], esc: Escaper) -> list[dict[s
                     }
                 )
             item["tool_calls"] = calls
-        if msg.role == "assistant" and msg.reasoning_content:
-            item["reasoning_content"] = msg.reasoning_content
+        reasoning_text = msg.reasoning_content or msg.reasoning
+        if msg.role == "assistant" and reasoning_text:
+            item["reasoning_content"] = reasoning_text
         if msg.role == "tool" and msg.tool_call_id is not None:
             item["tool_call_id"] = esc.text(msg.tool_call_id)
         if msg.name is not None:
@@ -257,6 +260,7 @@ class ChatService:
             include_usage=bool(
                 body.stream and body.stream_options and body.stream_options.include_usage
             ),
+            continuous_usage=body.continuous_usage(),
             want_logprobs=want_logprobs,
             tool_call_streaming=ctx.settings.tool_call_streaming,
             forced_tools=forced,
@@ -290,7 +294,8 @@ class ChatService:
             )
         message: dict[str, Any] = {"role": "assistant", "content": text}
         if reasoning:
-            message["reasoning_content"] = reasoning
+            for key in _REASONING_KEYS[ctx.settings.reasoning_field]:
+                message[key] = reasoning
         finish = got.finish_reason
         if plan.forced_tools is not None:
             forced = forced_tool_calls(text, plan.forced_tools)
@@ -348,6 +353,7 @@ class ChatService:
             "model": plan.model,
         }
         tpl = ChunkTemplate(head, "delta")
+        rkey = _REASONING_KEYS[ctx.settings.reasoning_field]
         pipeline = TextPipeline(
             ctx.tokenizer,
             stops=plan.stops,
@@ -387,12 +393,14 @@ class ChatService:
                         if want_lp:
                             lps = [lp for ch in batch for lp in ch.log_probs or ()]
                             lp_json = dumps(chat_logprobs(ctx.tokenizer, ids, lps))
-                            out.append(tpl.chunk(_delta_body(r, c, deltas), lp_json))
+                            out.append(tpl.chunk(_delta_body(r, c, deltas, rkey), lp_json))
                         elif r or c or deltas:
-                            out.append(tpl.chunk(_delta_body(r, c, deltas)))
+                            out.append(tpl.chunk(_delta_body(r, c, deltas, rkey)))
                     if final or pipeline.stopped:
                         break
                     if out:
+                        if plan.continuous_usage:
+                            stamp_usage(out, plan.prompt_tokens, n_out)
                         yield b"".join(out)
                         out.clear()
                     batch = await pump.next_batch()
@@ -406,7 +414,7 @@ class ChatService:
             c, deltas = shaper.push(c, deltas)
             c, deltas = shaper.finish(c, deltas)
         if r or c or deltas:
-            out.append(tpl.chunk(_delta_body(r, c, deltas)))
+            out.append(tpl.chunk(_delta_body(r, c, deltas, rkey)))
         if shaper is not None and shaper.called:
             finish = ctx.finish_reason(plan.engine_req, n_out, last)
             finish = "tool_calls" if finish == "stop" else finish
@@ -425,6 +433,8 @@ class ChatService:
         else:
             finish = ctx.finish_reason(plan.engine_req, n_out, last)
         out.append(tpl.final(b"{}", finish))
+        if plan.continuous_usage:
+            stamp_usage(out, plan.prompt_tokens, n_out)
         yield stream_finished(
             ctx,
             out,
@@ -477,18 +487,28 @@ class _CallShaper:
         return "", [ToolCallDelta(i, new_call_id(), n, a) for i, (n, a) in enumerate(calls)]
 
 
-def _delta_body(reasoning: str, content: str, deltas: list[ToolCallDelta]) -> bytes:
+_REASONING_KEYS: dict[str, tuple[str, ...]] = {
+    "both": ("reasoning_content", "reasoning"),
+    "reasoning": ("reasoning",),
+    "reasoning_content": ("reasoning_content",),
+}
+
+
+def _delta_body(
+    reasoning: str, content: str, deltas: list[ToolCallDelta], rkeys: tuple[str, ...]
+) -> bytes:
     if not deltas:
-        if reasoning and content:
-            return (
-                b'{"reasoning_content":' + dumps(reasoning) + b',"content":' + dumps(content) + b"}"
-            )
         if reasoning:
-            return b'{"reasoning_content":' + dumps(reasoning) + b"}"
+            value = dumps(reasoning)
+            body = b",".join(b'"' + k.encode() + b'":' + value for k in rkeys)
+            if content:
+                return b"{" + body + b',"content":' + dumps(content) + b"}"
+            return b"{" + body + b"}"
         return b'{"content":' + dumps(content) + b"}"
     delta: dict[str, Any] = {}
     if reasoning:
-        delta["reasoning_content"] = reasoning
+        for k in rkeys:
+            delta[k] = reasoning
     if content:
         delta["content"] = content
     # One entry per call index: a name delta and its arguments that arrived together
