@@ -24,6 +24,12 @@ _FLAGS: list[tuple[str, str, dict[str, Any], str]] = [
     ("--port", "port", {"type": int}, "port (default 9000)"),
     ("--cors-origins", "cors_origins", {}, "comma-separated origins (default *; '' = off)"),
     ("--max-in-flight", "max_in_flight", {"type": int}, "requests in flight before 429"),
+    (
+        "--reasoning-field",
+        "reasoning_field",
+        {"choices": ["both", "reasoning", "reasoning_content"]},
+        "field name of the reasoning text (default both)",
+    ),
     ("--max-messages", "max_messages", {"type": int}, "messages per chat request (400)"),
     ("--max-body-bytes", "max_body_bytes", {"type": int}, "request body limit (413)"),
     ("--max-stop-chars", "max_stop_chars", {"type": int}, "characters per stop string (400)"),
