@@ -30,7 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -134,7 +134,7 @@ async def chat(
                                 res.ttft = time.monotonic() - res.start
                             res.tokens += 1
                             text.append(piece)
-    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+    except (TimeoutError, aiohttp.ClientError) as exc:
         res.error = type(exc).__name__
     res.end = time.monotonic()
     return res, "".join(text)
