@@ -43,6 +43,7 @@ from trtllm_stack.proxy.metrics import ProxyMetrics
 from trtllm_stack.proxy.protocol import _SamplingRequest
 from trtllm_stack.proxy.settings import ProxySettings
 from trtllm_stack.proxy.sse import DONE, event
+from trtllm_stack.proxy.workers import SharedInFlight
 from trtllm_stack.text.chat_template import ChatTemplate
 from trtllm_stack.text.pipeline import TextPipeline
 from trtllm_stack.text.special_tokens import LiteralText
@@ -89,6 +90,8 @@ class ServingContext:
         self.tokenizer = tokenizer
         self.metrics = metrics
         self.in_flight = 0
+        # --workers: the in-flight count of the whole server (proxy/workers.py).
+        self.shared_limit: SharedInFlight | None = None
         self._limits: EngineLimits | None = None
         self.end_id: int = int(tokenizer.eos_token_id)
         pad = tokenizer.pad_token_id
@@ -139,7 +142,8 @@ class ServingContext:
 
     def admit(self) -> Lease:
         limit = self.settings.max_in_flight
-        if limit and self.in_flight >= limit:
+        shared = self.shared_limit
+        if (limit and self.in_flight >= limit) or (shared is not None and not shared.acquire()):
             raise Overloaded(
                 f"the server is at its limit of {limit} requests in flight; retry shortly",
                 headers={"Retry-After": "1"},
@@ -256,6 +260,8 @@ class Lease:
         ctx, self._ctx = self._ctx, None
         if ctx is not None:
             ctx.in_flight -= 1
+            if ctx.shared_limit is not None:
+                ctx.shared_limit.release()
             ctx.metrics.in_flight.dec()
             ctx.metrics.duration.observe(time.perf_counter() - self._start)
 

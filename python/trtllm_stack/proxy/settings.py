@@ -94,6 +94,13 @@ class ProxySettings(BaseSettings):
         " arrive; buffered: each call whole once its block closed (a broken block: content)",
     )
     log_level: str = "info"
+    workers: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="proxy processes sharing the port (SO_REUSEPORT); max_in_flight and"
+        " /metrics cover all of them",
+    )
     # Several Triton addresses (see proxy/replicas.py for the routing rules).
     replica_health_interval: float = Field(
         default=0.5, gt=0, description="seconds between health checks of each replica"
