@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,9 +37,6 @@ from trtllm_stack.text.tool_calls import (
 )
 from trtllm_stack.triton.tensors import EngineChunk, EngineRequest
 
-# Prompts longer than this are templated and tokenized in a worker thread so that one big
-# request does not stall every stream's next token.
-_INLINE_PROMPT_CHARS = 16_384
 _RESERVED_TEMPLATE_KEYS = frozenset(
     {"messages", "tools", "add_generation_prompt", "tokenize", "conversation", "documents"}
 )
@@ -127,6 +123,14 @@ def _template_messages(messages: list[ChatMessage], esc: Escaper) -> list[dict[s
     return out
 
 
+def _prompt_chars(messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> int:
+    """About how many characters the rendered prompt has (decides inline or thread)."""
+    size = sum(len(m["content"]) + len(m.get("reasoning_content") or "") for m in messages)
+    if tools:
+        size += len(json.dumps(tools, ensure_ascii=False))
+    return size
+
+
 def _add_system_hint(messages: list[dict[str, Any]], hint: str) -> None:
     if messages and messages[0]["role"] == "system":
         messages[0]["content"] = f"{messages[0]['content']}\n\n{hint}".lstrip()
@@ -162,7 +166,7 @@ class ChatService:
         tools: list[dict[str, Any]] | None,
         kwargs: dict,
         esc: Escaper,
-    ) -> tuple[str, list[int]]:
+    ) -> tuple[str, Sequence[int]]:
         tok = self.ctx.tokenizer
         try:
             text = tok.apply_chat_template(
@@ -217,13 +221,9 @@ class ChatService:
         thinking_enabled = thinking is not False
         kwargs["enable_thinking"] = thinking_enabled
         tools_arg = esc.json_value(tool_defs) if tool_names is not None else None
-        size = sum(len(m["content"]) for m in messages)
-        if size > _INLINE_PROMPT_CHARS:
-            text, prompt_ids = await asyncio.to_thread(
-                self._render, messages, tools_arg, kwargs, esc
-            )
-        else:
-            text, prompt_ids = self._render(messages, tools_arg, kwargs, esc)
+        text, prompt_ids = await ctx.prompt.run(
+            _prompt_chars(messages, tools_arg), self._render, messages, tools_arg, kwargs, esc
+        )
 
         want_logprobs = bool(body.logprobs)
         max_tokens = body.max_completion_tokens or body.max_tokens
