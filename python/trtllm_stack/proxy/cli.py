@@ -9,7 +9,13 @@ from typing import Any
 # flag -> ProxySettings field; every flag defaults to None so that TRTLLM_STACK_* env
 # variables and the built-in defaults apply when it is not given.
 _FLAGS: list[tuple[str, str, dict[str, Any], str]] = [
-    ("--triton-url", "triton_url", {}, "Triton gRPC address (default localhost:8001)"),
+    (
+        "--triton-url",
+        "triton_url",
+        {},
+        "Triton gRPC address (default localhost:8001); several, comma-separated, are"
+        " replicas behind this endpoint",
+    ),
     ("--triton-model", "triton_model", {}, "Triton model of the engine (default tensorrt_llm)"),
     ("--model-name", "served_model_name", {}, "model id clients use (default qwen3)"),
     ("--tokenizer-dir", "tokenizer_dir", {}, "tokenizer files (default: --engine-dir's)"),
@@ -20,6 +26,12 @@ _FLAGS: list[tuple[str, str, dict[str, Any], str]] = [
     ("--max-in-flight", "max_in_flight", {"type": int}, "requests in flight before 429"),
     ("--max-messages", "max_messages", {"type": int}, "messages per chat request (400)"),
     ("--max-body-bytes", "max_body_bytes", {"type": int}, "request body limit (413)"),
+    ("--max-stop-chars", "max_stop_chars", {"type": int}, "characters per stop string (400)"),
+    ("--max-prompt-chars", "max_prompt_chars", {"type": int}, "prompt characters, all fields"),
+    ("--max-tools", "max_tools", {"type": int}, "tools per request (400)"),
+    ("--max-tool-chars", "max_tool_chars", {"type": int}, "characters of one tool (400)"),
+    ("--max-logit-bias", "max_logit_bias", {"type": int}, "logit_bias entries (400)"),
+    ("--max-n", "max_n", {"type": int}, "choices per request, n (400)"),
     ("--default-max-tokens", "default_max_tokens", {"type": int}, "when a request has none"),
     ("--backend-timeout", "backend_timeout", {"type": float}, "seconds of backend silence"),
     ("--send-timeout", "send_timeout", {"type": float}, "seconds a stalled client is kept"),
@@ -44,6 +56,26 @@ _FLAGS: list[tuple[str, str, dict[str, Any], str]] = [
     ),
     ("--prompt-threads", "prompt_threads", {"type": int}, "prompt worker threads (default 1)"),
     ("--log-level", "log_level", {}, "uvicorn log level (default info)"),
+    (
+        "--replica-health-interval",
+        "replica_health_interval",
+        {"type": float},
+        "seconds between replica health checks (default 0.5)",
+    ),
+    (
+        "--prefix-affinity-tokens",
+        "prefix_affinity_tokens",
+        {"type": int},
+        "block size for prefix-affinity routing (default 64; 0 = least-loaded only)",
+    ),
+    (
+        "--affinity-balance-ratio",
+        "affinity_balance_ratio",
+        {"type": float},
+        "prefix affinity holds while its replica has <= max(least + slack, ratio * least)"
+        " requests in flight (default 1.25)",
+    ),
+    ("--affinity-balance-slack", "affinity_balance_slack", {"type": int}, "default 2"),
 ]
 
 
@@ -90,6 +122,12 @@ def register(subparsers: Any) -> None:
         type=float,
         default=20.0,
         help="simulated time per generated token (default 20)",
+    )
+    d.add_argument(
+        "--replicas",
+        type=int,
+        default=1,
+        help="tritonservers (scripted engine copies) behind the one proxy (default 1)",
     )
     d.set_defaults(handler=run_demo)
 
@@ -182,15 +220,17 @@ def run_demo(args: argparse.Namespace) -> int:
     from trtllm_stack.errors import UserError
     from trtllm_stack.tokenizer import bundled_qwen3_tokenizer_dir
     from trtllm_stack.triton.model_repo import ScriptedEngineOptions, write_model_repository
-    from trtllm_stack.triton.server import TritonServer
+    from trtllm_stack.triton.replica_set import ReplicaSet
 
     if args.token_delay_ms < 0:
         raise UserError("--token-delay-ms must be >= 0")
+    if not 1 <= args.replicas <= 16:
+        raise UserError("--replicas must be between 1 and 16")
     tokenizer_dir = (
         Path(args.tokenizer_dir) if args.tokenizer_dir else bundled_qwen3_tokenizer_dir()
     )
     base = Path(tempfile.mkdtemp(prefix="trtllm-stack-demo-"))
-    server: TritonServer | None = None
+    servers: ReplicaSet | None = None
     try:
         print(f"building the scripted-engine model repository in {base} ...", flush=True)
         repo = write_model_repository(
@@ -199,17 +239,23 @@ def run_demo(args: argparse.Namespace) -> int:
             tokenizer_dir=tokenizer_dir,
             scripted=ScriptedEngineOptions(token_delay_ms=args.token_delay_ms),
         )
-        server = TritonServer(repo, log_path=base / "tritonserver.log")
-        print("starting tritonserver (CPU) ...", flush=True)
-        endpoints = server.start()
-        settings = _settings(args, triton_url=endpoints.grpc_url, tokenizer_dir=tokenizer_dir)
+        servers = ReplicaSet(repo, args.replicas, base)
+        print(f"starting {args.replicas} tritonserver(s) (CPU) ...", flush=True)
+        servers.start()
+        settings = _settings(args, triton_url=servers.grpc_urls, tokenizer_dir=tokenizer_dir)
         host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
         key = settings.api_key.get_secret_value() if settings.api_key else None
         print(_demo_banner(f"http://{host}:{settings.port}", settings.served_model_name, key))
+        if args.replicas > 1:
+            print(
+                f"{args.replicas} replicas ({settings.triton_url}); each one's state:"
+                f" http://{host}:{settings.port}/health/ready\n",
+                flush=True,
+            )
         _serve(settings)
     finally:
-        if server is not None:
-            server.stop()
+        if servers is not None:
+            servers.stop()
         if os.environ.get("TRTLLM_STACK_DEMO_KEEP") != "1":
             shutil.rmtree(base, ignore_errors=True)
     return 0
