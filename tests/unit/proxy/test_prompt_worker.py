@@ -2,14 +2,18 @@
 engine gets are those of a full encode; cache hits show in /metrics; no prompt text in logs.
 
 The loop-lag tests measure how late a 1 ms timer fires while a long request is handled in
-the same loop (not the request's wall time). A blocking call blocks on every attempt while
-a busy machine only delays some, so each case takes the best of a few attempts; the
+the same loop (not the request's wall time). A call that holds the loop or the GIL blocks
+it for about the whole encode on every attempt; a busy machine only delays some wake-ups.
+So each case takes the best of a few attempts, and the bound is a few ms or, when the
+machine is so loaded that the encode itself takes several times longer, a quarter of the
+request's time (the blocking encode blocks for nearly all of it, at any load). The
 control (the same request forced inline) shows the measurement sees a blocked loop.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import threading
@@ -25,15 +29,14 @@ from trtllm_stack.proxy.prompt_worker import PromptWork
 
 pytestmark = pytest.mark.asyncio
 
-# A loop free of prompt work wakes a 1 ms timer within about a millisecond on an idle box,
-# within several on this shared 2-core one (other processes, and the prompt thread itself
-# competing for the CPUs); the GIL-holding encode of a 28K-token prompt blocks it for
-# 30 ms (idle box) to 150 ms (busy) on every attempt.
-MAX_LAG_MS = 15.0
-CONTROL_MIN_LAG_MS = 25.0
+# A loop free of prompt work wakes a 1 ms timer within about a millisecond on an idle box;
+# the GIL-holding encode of a 28K-token prompt blocks it for 30 ms (idle) to 150 ms (busy).
+MAX_LAG_MS = 10.0
+MAX_BLOCKED_SHARE = 0.25
 
 
-async def max_lag_ms(work: Callable[[], Awaitable[Any]]) -> float:
+async def max_lag_ms(work: Callable[[], Awaitable[Any]]) -> tuple[float, float]:
+    """(max lateness of a 1 ms timer, wall time of ``work``) in ms."""
     lags: list[float] = []
     done = False
 
@@ -43,15 +46,22 @@ async def max_lag_ms(work: Callable[[], Awaitable[Any]]) -> float:
             await asyncio.sleep(0.001)
             lags.append((time.perf_counter() - t - 0.001) * 1000)
 
+    # The cyclic GC's pauses grow with the heap (the whole test session's): a separate
+    # matter from prompt work, kept out of this measurement.
+    gc.collect()
+    gc.disable()
     task = asyncio.create_task(probe())
     await asyncio.sleep(0.005)
     lags.clear()
+    start = time.perf_counter()
     try:
         await asyncio.wait_for(work(), 60)
     finally:
+        wall = (time.perf_counter() - start) * 1000
         done = True
         await task
-    return max(lags, default=0.0)
+        gc.enable()
+    return max(lags, default=0.0), wall
 
 
 def long_chat(seed: int, turns: int = 10) -> dict[str, Any]:
@@ -66,29 +76,35 @@ def long_engine(engine):
     return engine
 
 
-async def best_lag(client, path: str, bodies: list[dict[str, Any]]) -> float:
-    best = float("inf")
+async def attempts(client, path: str, bodies: list[dict[str, Any]]) -> list[tuple[float, float]]:
+    """(max loop lag, request wall time) in ms per body."""
+    out = []
     for body in bodies:
 
         async def post(body: dict[str, Any] = body) -> None:
             r = await client.post(path, json=body)
             assert r.status_code == 200, r.text
 
-        best = min(best, await max_lag_ms(post))
-    return best
+        out.append(await max_lag_ms(post))
+    return out
+
+
+def loop_stayed_free(runs: list[tuple[float, float]]) -> bool:
+    return any(lag < max(MAX_LAG_MS, MAX_BLOCKED_SHARE * wall) for lag, wall in runs)
 
 
 async def test_long_chat_prompt_does_not_block_the_loop(make_client, long_engine):
     client = make_client()
     await client.post("/v1/chat/completions", json=long_chat(0, turns=1))  # warm-up
     # Fresh conversations: every block is a cache miss, the whole prompt is tokenized.
-    lag = await best_lag(client, "/v1/chat/completions", [long_chat(s) for s in range(1, 6)])
+    runs = await attempts(client, "/v1/chat/completions", [long_chat(s) for s in range(1, 6)])
     assert len(long_engine.requests[-1].prompt_ids) > 25_000
-    assert lag < MAX_LAG_MS, f"loop blocked {lag:.1f} ms while a long prompt was tokenized"
+    assert loop_stayed_free(runs), f"loop blocked (lag ms, request ms): {runs}"
 
     inline = make_client(prompt_inline_chars=10**9)
-    control = await best_lag(inline, "/v1/chat/completions", [long_chat(s) for s in (6, 7)])
-    assert control > CONTROL_MIN_LAG_MS, f"control: inline encode blocked only {control:.1f} ms"
+    control = await attempts(inline, "/v1/chat/completions", [long_chat(s) for s in (6, 7)])
+    assert not loop_stayed_free(control), f"control not seen as blocked: {control}"
+    assert all(lag > 0.5 * wall for lag, wall in control), control
 
 
 async def test_long_completion_prompt_does_not_block_the_loop(make_client, long_engine):
@@ -97,9 +113,9 @@ async def test_long_completion_prompt_does_not_block_the_loop(make_client, long_
         {"model": "qwen3", "prompt": long_chat(s)["messages"][0]["content"], "max_tokens": 2}
         for s in range(8, 13)
     ]
-    lag = await best_lag(client, "/v1/completions", bodies)
+    runs = await attempts(client, "/v1/completions", bodies)
     assert len(long_engine.requests[-1].prompt_ids) > 20_000
-    assert lag < MAX_LAG_MS, f"loop blocked {lag:.1f} ms while a long prompt was tokenized"
+    assert loop_stayed_free(runs), f"loop blocked (lag ms, request ms): {runs}"
 
 
 async def test_engine_gets_the_full_encode_and_metrics_count_hits(
@@ -177,10 +193,11 @@ async def test_a_cancelled_request_does_not_start_its_prompt_job(tokenizer):
         second = asyncio.create_task(work.run(10, ran.append, "second"))
         await asyncio.sleep(0.05)
         second.cancel()
-        release.set()
-        assert await first == "first"
         with pytest.raises(asyncio.CancelledError):
             await second
+        await asyncio.sleep(0.01)  # the cancel reaches the executor's queue via the loop
+        release.set()
+        assert await first == "first"
         await asyncio.sleep(0.05)
         assert ran == []
     finally:
