@@ -13,6 +13,7 @@ from starlette.responses import Response
 
 from trtllm_stack.proxy.engine import ChunkStream
 from trtllm_stack.proxy.errors import InvalidRequest
+from trtllm_stack.proxy.guided import asks_for_guide
 from trtllm_stack.proxy.protocol import ChatCompletionRequest, ChatMessage, NamedToolChoice
 from trtllm_stack.proxy.serving_base import (
     Lease,
@@ -147,13 +148,6 @@ def _check_unsupported(body: ChatCompletionRequest) -> None:
             " log probability (use logprobs=true with top_logprobs=0)",
             param="top_logprobs",
         )
-    fmt = body.response_format.type if body.response_format is not None else "text"
-    if fmt != "text":
-        raise InvalidRequest(
-            f"response_format '{fmt}' is not supported (no constrained decoding in this"
-            " engine); ask for JSON in the prompt instead",
-            param="response_format",
-        )
 
 
 class ChatService:
@@ -217,7 +211,9 @@ class ChatService:
             for k, v in (body.chat_template_kwargs or {}).items()
             if k not in _RESERVED_TEMPLATE_KEYS
         }
-        thinking = kwargs.get("enable_thinking", True)
+        # Under a guide the grammar holds from the first token (the backend has no reasoning
+        # phase before it), so Qwen3 answers without thinking unless the client asks.
+        thinking = kwargs.get("enable_thinking", not asks_for_guide(body))
         thinking_enabled = thinking is not False
         kwargs["enable_thinking"] = thinking_enabled
         tools_arg = esc.json_value(tool_defs) if tool_names is not None else None
