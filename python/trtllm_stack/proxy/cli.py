@@ -24,6 +24,12 @@ _FLAGS: list[tuple[str, str, dict[str, Any], str]] = [
     ("--port", "port", {"type": int}, "port (default 9000)"),
     ("--cors-origins", "cors_origins", {}, "comma-separated origins (default *; '' = off)"),
     ("--max-in-flight", "max_in_flight", {"type": int}, "requests in flight before 429"),
+    (
+        "--reasoning-field",
+        "reasoning_field",
+        {"choices": ["both", "reasoning", "reasoning_content"]},
+        "field name of the reasoning text (default both)",
+    ),
     ("--max-messages", "max_messages", {"type": int}, "messages per chat request (400)"),
     ("--max-body-bytes", "max_body_bytes", {"type": int}, "request body limit (413)"),
     ("--max-stop-chars", "max_stop_chars", {"type": int}, "characters per stop string (400)"),
@@ -56,6 +62,13 @@ _FLAGS: list[tuple[str, str, dict[str, Any], str]] = [
     ),
     ("--prompt-threads", "prompt_threads", {"type": int}, "prompt worker threads (default 1)"),
     ("--log-level", "log_level", {}, "uvicorn log level (default info)"),
+    (
+        "--workers",
+        "workers",
+        {"type": int},
+        "proxy processes on the one port (SO_REUSEPORT; default 1); limits and /metrics"
+        " cover all of them",
+    ),
     (
         "--replica-health-interval",
         "replica_health_interval",
@@ -156,24 +169,35 @@ def _settings(args: argparse.Namespace, **fixed: Any) -> Any:
         raise UserError(f"invalid {field}: {first.get('msg')}") from None
 
 
+def uvicorn_options(settings: Any) -> dict[str, Any]:
+    """uvicorn.Config keywords shared by the one-process server and every worker."""
+    return {
+        "host": settings.host,
+        "port": settings.port,
+        "log_level": settings.log_level,
+        "timeout_graceful_shutdown": 5,
+        # Longer than the idle expiry of HTTP clients (httpx / openai SDK: 5 s, aiohttp:
+        # 15 s) so that the client closes idle connections first: with equal timeouts a
+        # client can reuse a connection at the moment the server closes it (a reset).
+        "timeout_keep_alive": 75,
+        "access_log": settings.log_level == "debug",
+    }
+
+
 def _serve(settings: Any) -> None:
+    if settings.workers > 1:
+        from trtllm_stack.proxy.workers import serve_workers
+
+        code = serve_workers(settings)
+        if code:
+            raise SystemExit(code)
+        return
     import uvicorn
 
     from trtllm_stack.proxy.app import create_app
 
     app = create_app(settings)
-    uvicorn.run(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        timeout_graceful_shutdown=5,
-        # Longer than the idle expiry of HTTP clients (httpx / openai SDK: 5 s, aiohttp:
-        # 15 s) so that the client closes idle connections first: with equal timeouts a
-        # client can reuse a connection at the moment the server closes it (a reset).
-        timeout_keep_alive=75,
-        access_log=settings.log_level == "debug",
-    )
+    uvicorn.run(app, **uvicorn_options(settings))
 
 
 def run_proxy(args: argparse.Namespace) -> int:

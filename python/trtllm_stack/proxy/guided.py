@@ -212,3 +212,72 @@ def asks_for_guide(body: _SamplingRequest) -> bool:
         or body.guided_grammar is not None
         or body.guided_choice is not None
     )
+
+
+# -- tool_choice "required" / named: enforced by a guide, as vLLM does -----------------------
+#
+# vLLM (vllm/entrypoints/openai/chat_completion/protocol.py, _get_json_schema_from_tool, and
+# vllm/tool_parsers/utils.py, _get_json_schema_from_tools) guides a named tool_choice by the
+# function's parameters schema (the output is the arguments) and "required" by a JSON array
+# (minItems 1) of {"name": enum [tool], "parameters": schema} objects, anyOf the tools.
+# The backend has no structural-tag guide type at 1.1.0, so Qwen3's <tool_call> block
+# itself cannot be the grammar; the proxy turns the guided JSON into tool calls instead.
+
+
+@dataclass(frozen=True, slots=True)
+class ForcedTools:
+    """How to read the guided output back: one named function, or a list of calls."""
+
+    name: str | None  # named tool_choice; None: "required" (a JSON array of calls)
+
+
+def _parameters(tool: dict[str, Any]) -> dict[str, Any]:
+    params = tool["function"].get("parameters")
+    return params if isinstance(params, dict) and params else {"type": "object"}
+
+
+def tool_choice_guide(
+    tools: list[dict[str, Any]], name: str | None, parallel: bool | None
+) -> tuple[Guide, ForcedTools]:
+    """The guide for tool_choice ``name`` (a function name) or "required" (``name`` None)."""
+    if name is not None:
+        tool = next(t for t in tools if t["function"]["name"] == name)
+        return Guide("json_schema", _schema_text(_parameters(tool), "tools")), ForcedTools(name)
+    calls = [
+        {
+            "type": "object",
+            "properties": {
+                "name": {"type": "string", "enum": [t["function"]["name"]]},
+                "parameters": _parameters(t),
+            },
+            "required": ["name", "parameters"],
+        }
+        for t in tools
+    ]
+    schema: dict[str, Any] = {
+        "type": "array",
+        "minItems": 1,
+        "items": {"type": "object", "anyOf": calls},
+    }
+    if parallel is False:
+        schema["maxItems"] = 1  # parallel_tool_calls false: one call
+    return Guide("json_schema", _schema_text(schema, "tools")), ForcedTools(None)
+
+
+def forced_tool_calls(text: str, forced: ForcedTools) -> list[tuple[str, str]] | None:
+    """(name, arguments JSON) of each call in the guided output; None if it is not a
+    complete document (cut off by max_tokens or a stop string)."""
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        return None
+    if forced.name is not None:
+        return [(forced.name, json.dumps(doc, ensure_ascii=False))]
+    if not isinstance(doc, list):
+        return None
+    out = []
+    for call in doc:
+        if not isinstance(call, dict) or not isinstance(call.get("name"), str):
+            return None
+        out.append((call["name"], json.dumps(call.get("parameters", {}), ensure_ascii=False)))
+    return out

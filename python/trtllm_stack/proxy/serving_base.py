@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
+import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -37,12 +38,13 @@ from trtllm_stack.proxy.errors import (
     ProxyError,
     json_response,
 )
-from trtllm_stack.proxy.guided import request_guide
+from trtllm_stack.proxy.guided import Guide, request_guide
 from trtllm_stack.proxy.metrics import ProxyMetrics
 from trtllm_stack.proxy.prompt_worker import PromptWork
 from trtllm_stack.proxy.protocol import _SamplingRequest
 from trtllm_stack.proxy.settings import ProxySettings
 from trtllm_stack.proxy.sse import DONE, event
+from trtllm_stack.proxy.workers import SharedInFlight
 from trtllm_stack.text.pipeline import TextPipeline
 from trtllm_stack.text.special_tokens import LiteralText
 from trtllm_stack.triton.tensors import EngineChunk, EngineRequest
@@ -88,6 +90,8 @@ class ServingContext:
         self.tokenizer = tokenizer
         self.metrics = metrics
         self.in_flight = 0
+        # --workers: the in-flight count of the whole server (proxy/workers.py).
+        self.shared_limit: SharedInFlight | None = None
         self._limits: EngineLimits | None = None
         self.end_id: int = int(tokenizer.eos_token_id)
         pad = tokenizer.pad_token_id
@@ -140,7 +144,8 @@ class ServingContext:
 
     def admit(self) -> Lease:
         limit = self.settings.max_in_flight
-        if limit and self.in_flight >= limit:
+        shared = self.shared_limit
+        if (limit and self.in_flight >= limit) or (shared is not None and not shared.acquire()):
             raise Overloaded(
                 f"the server is at its limit of {limit} requests in flight; retry shortly",
                 headers={"Retry-After": "1"},
@@ -159,6 +164,7 @@ class ServingContext:
         max_tokens: int | None,
         want_log_probs: bool,
         chat: bool,
+        tool_guide: Guide | None = None,
     ) -> EngineRequest:
         limits = await self.limits()
         n_prompt = len(prompt_ids)
@@ -198,6 +204,14 @@ class ServingContext:
             # Greedy: TensorRT-LLM expresses it as top_k=1 (temperature 0 is not valid there).
             temperature, top_k = None, 1
         guide = request_guide(body)
+        if tool_guide is not None:
+            if guide is not None:
+                raise InvalidRequest(
+                    "tool_choice required/named is enforced by a guide; it cannot be combined"
+                    " with another output constraint",
+                    param="tool_choice",
+                )
+            guide = tool_guide
         # ignore_eos: end_id -1, as TensorRT-LLM's own executor worker sends it
         # (tensorrt_llm/executor/worker.py: end_id=-1 if sampling_params.ignore_eos); the
         # extra EOS-like stop ids go too.
@@ -248,6 +262,8 @@ class Lease:
         ctx, self._ctx = self._ctx, None
         if ctx is not None:
             ctx.in_flight -= 1
+            if ctx.shared_limit is not None:
+                ctx.shared_limit.release()
             ctx.metrics.in_flight.dec()
             ctx.metrics.duration.observe(time.perf_counter() - self._start)
 
@@ -407,6 +423,15 @@ def stream_finished(
     count_finished(ctx, completion_tokens, finish)
     lease.release()
     return b"".join(out)
+
+
+def stamp_usage(out: list[bytes], prompt_tokens: int, completion_tokens: int) -> None:
+    """continuous_usage_stats: the usage so far on each pending chunk (``...}]}\n\n`` ->
+    ``...}],"usage":{...}}\n\n``)."""
+    tail = b',"usage":' + orjson.dumps(usage(prompt_tokens, completion_tokens)) + b"}\n\n"
+    for i, chunk in enumerate(out):
+        if chunk.endswith(b"]}\n\n"):
+            out[i] = chunk[:-3] + tail
 
 
 def count_finished(ctx: ServingContext, completion_tokens: int, finish: str) -> None:

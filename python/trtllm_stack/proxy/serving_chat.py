@@ -13,7 +13,13 @@ from starlette.responses import Response
 
 from trtllm_stack.proxy.engine import ChunkStream
 from trtllm_stack.proxy.errors import InvalidRequest
-from trtllm_stack.proxy.guided import asks_for_guide
+from trtllm_stack.proxy.guided import (
+    ForcedTools,
+    Guide,
+    asks_for_guide,
+    forced_tool_calls,
+    tool_choice_guide,
+)
 from trtllm_stack.proxy.protocol import ChatCompletionRequest, ChatMessage, NamedToolChoice
 from trtllm_stack.proxy.serving_base import (
     Lease,
@@ -23,6 +29,7 @@ from trtllm_stack.proxy.serving_base import (
     count_finished,
     new_request_id,
     serve_plan,
+    stamp_usage,
     stream_failed,
     stream_finished,
     usage,
@@ -34,6 +41,7 @@ from trtllm_stack.text.special_tokens import Escaper
 from trtllm_stack.text.tool_calls import (
     ToolCallDelta,
     ToolCallStreaming,
+    new_call_id,
     parse_tool_calls,
 )
 from trtllm_stack.triton.tensors import EngineChunk, EngineRequest
@@ -60,8 +68,12 @@ class ChatPlan:
     think_in_prompt: bool
     reasoning: bool
     include_usage: bool
+    continuous_usage: bool  # stream_options.continuous_usage_stats (vLLM)
     want_logprobs: bool
     tool_call_streaming: ToolCallStreaming = "incremental"
+    # tool_choice required/named: the output is guided JSON, read back as calls (guided.py).
+    forced_tools: ForcedTools | None = None
+    parallel_tool_calls: bool = True
 
 
 def _message_text(msg: ChatMessage, index: int) -> str | None:
@@ -114,8 +126,9 @@ def _template_messages(messages: list[ChatMessage], esc: Escaper) -> list[dict[s
                     }
                 )
             item["tool_calls"] = calls
-        if msg.role == "assistant" and msg.reasoning_content:
-            item["reasoning_content"] = msg.reasoning_content
+        reasoning_text = msg.reasoning_content or msg.reasoning
+        if msg.role == "assistant" and reasoning_text:
+            item["reasoning_content"] = reasoning_text
         if msg.role == "tool" and msg.tool_call_id is not None:
             item["tool_call_id"] = msg.tool_call_id
         if msg.name is not None:
@@ -190,6 +203,8 @@ class ChatService:
         names = [t["function"]["name"] for t in tool_defs]
         choice = body.tool_choice
         tool_names: list[str] | None = None
+        tool_guide: Guide | None = None
+        forced: ForcedTools | None = None
         if tool_defs and choice != "none":
             tool_names = names
             if isinstance(choice, NamedToolChoice):
@@ -201,8 +216,10 @@ class ChatService:
                 tool_defs = [t for t in tool_defs if t["function"]["name"] == name]
                 tool_names = [name]
                 _add_system_hint(messages, _NAMED_TOOL_HINT.format(name=name))
+                tool_guide, forced = tool_choice_guide(tool_defs, name, body.parallel_tool_calls)
             elif choice == "required":
                 _add_system_hint(messages, _REQUIRED_TOOL_HINT)
+                tool_guide, forced = tool_choice_guide(tool_defs, None, body.parallel_tool_calls)
         elif choice not in (None, "none", "auto"):
             raise InvalidRequest("tool_choice needs tools", param="tool_choice")
 
@@ -213,7 +230,7 @@ class ChatService:
         }
         # Under a guide the grammar holds from the first token (the backend has no reasoning
         # phase before it), so Qwen3 answers without thinking unless the client asks.
-        thinking = kwargs.get("enable_thinking", not asks_for_guide(body))
+        thinking = kwargs.get("enable_thinking", forced is None and not asks_for_guide(body))
         thinking_enabled = thinking is not False
         kwargs["enable_thinking"] = thinking_enabled
         tools_arg = esc.json_value(tool_defs) if tool_names is not None else None
@@ -224,7 +241,12 @@ class ChatService:
         want_logprobs = bool(body.logprobs)
         max_tokens = body.max_completion_tokens or body.max_tokens
         engine_req = await ctx.engine_request(
-            body, prompt_ids, max_tokens=max_tokens, want_log_probs=want_logprobs, chat=True
+            body,
+            prompt_ids,
+            max_tokens=max_tokens,
+            want_log_probs=want_logprobs,
+            chat=True,
+            tool_guide=tool_guide,
         )
         request_id, created = new_request_id("chatcmpl")
         return ChatPlan(
@@ -234,15 +256,18 @@ class ChatService:
             engine_req=engine_req,
             prompt_tokens=len(prompt_ids),
             stops=body.stop_list(),
-            tool_names=tool_names,
+            tool_names=tool_names if forced is None else None,
             thinking_enabled=thinking_enabled,
             think_in_prompt=text.rstrip().endswith("<think>"),
             reasoning=ctx.settings.reasoning_parser,
             include_usage=bool(
                 body.stream and body.stream_options and body.stream_options.include_usage
             ),
+            continuous_usage=body.continuous_usage(),
             want_logprobs=want_logprobs,
             tool_call_streaming=ctx.settings.tool_call_streaming,
+            forced_tools=forced,
+            parallel_tool_calls=body.parallel_tool_calls is not False,
         )
 
     async def handle(self, request: Request, body: ChatCompletionRequest) -> Response:
@@ -272,10 +297,19 @@ class ChatService:
             )
         message: dict[str, Any] = {"role": "assistant", "content": text}
         if reasoning:
-            message["reasoning_content"] = reasoning
+            for key in _REASONING_KEYS[ctx.settings.reasoning_field]:
+                message[key] = reasoning
         finish = got.finish_reason
-        if plan.tool_names is not None:
+        if plan.forced_tools is not None:
+            forced = forced_tool_calls(text, plan.forced_tools)
+            if forced:
+                message["content"] = None
+                message["tool_calls"] = [_call_json(n, a) for n, a in forced]
+                finish = "tool_calls" if finish == "stop" else finish
+        elif plan.tool_names is not None:
             content, calls = parse_tool_calls(text, plan.tool_names)
+            if calls and not plan.parallel_tool_calls:
+                calls = calls[:1]  # parallel_tool_calls false: the first call, as vLLM does
             if calls:
                 message["content"] = content or None
                 message["tool_calls"] = [
@@ -322,6 +356,7 @@ class ChatService:
             "model": plan.model,
         }
         tpl = ChunkTemplate(head, "delta")
+        rkey = _REASONING_KEYS[ctx.settings.reasoning_field]
         pipeline = TextPipeline(
             ctx.tokenizer,
             stops=plan.stops,
@@ -332,6 +367,7 @@ class ChatService:
             tool_call_streaming=plan.tool_call_streaming,
         )
         want_lp = plan.want_logprobs
+        shaper = _CallShaper(plan) if plan.forced_tools or not plan.parallel_tool_calls else None
         out: list[bytes] = [tpl.chunk(b'{"role":"assistant","content":""}')]
         n_out = 0
         last = -1
@@ -355,15 +391,19 @@ class ChatService:
                         n_out += len(ids)
                         last = ids[-1]
                         r, c, deltas = pipeline.push(ids)
+                        if shaper is not None:
+                            c, deltas = shaper.push(c, deltas)
                         if want_lp:
                             lps = [lp for ch in batch for lp in ch.log_probs or ()]
                             lp_json = dumps(chat_logprobs(ctx.tokenizer, ids, lps))
-                            out.append(tpl.chunk(_delta_body(r, c, deltas), lp_json))
+                            out.append(tpl.chunk(_delta_body(r, c, deltas, rkey), lp_json))
                         elif r or c or deltas:
-                            out.append(tpl.chunk(_delta_body(r, c, deltas)))
+                            out.append(tpl.chunk(_delta_body(r, c, deltas, rkey)))
                     if final or pipeline.stopped:
                         break
                     if out:
+                        if plan.continuous_usage:
+                            stamp_usage(out, plan.prompt_tokens, n_out)
                         yield b"".join(out)
                         out.clear()
                     batch = await pump.next_batch()
@@ -373,9 +413,15 @@ class ChatService:
             yield stream_failed(ctx, exc, out, lease)
             return
         r, c, deltas = pipeline.finish()
+        if shaper is not None:
+            c, deltas = shaper.push(c, deltas)
+            c, deltas = shaper.finish(c, deltas)
         if r or c or deltas:
-            out.append(tpl.chunk(_delta_body(r, c, deltas)))
-        if pipeline.called_tools:
+            out.append(tpl.chunk(_delta_body(r, c, deltas, rkey)))
+        if shaper is not None and shaper.called:
+            finish = ctx.finish_reason(plan.engine_req, n_out, last)
+            finish = "tool_calls" if finish == "stop" else finish
+        elif pipeline.called_tools:
             finish = "tool_calls"
             # A call already streamed and then cut off by max_tokens cannot be taken back;
             # "length" tells the client its arguments are incomplete (as OpenAI does).
@@ -390,6 +436,8 @@ class ChatService:
         else:
             finish = ctx.finish_reason(plan.engine_req, n_out, last)
         out.append(tpl.final(b"{}", finish))
+        if plan.continuous_usage:
+            stamp_usage(out, plan.prompt_tokens, n_out)
         yield stream_finished(
             ctx,
             out,
@@ -402,18 +450,68 @@ class ChatService:
         )
 
 
-def _delta_body(reasoning: str, content: str, deltas: list[ToolCallDelta]) -> bytes:
+def _call_json(name: str, arguments: str) -> dict[str, Any]:
+    return {
+        "id": new_call_id(),
+        "type": "function",
+        "function": {"name": name, "arguments": arguments},
+    }
+
+
+class _CallShaper:
+    """Stream side of tool_choice required/named (guided JSON held back, sent as calls at
+    the end: it is not a <tool_call> block the incremental parser could follow) and of
+    parallel_tool_calls false (deltas of calls after the first dropped)."""
+
+    __slots__ = ("_buf", "_forced", "_parallel", "called")
+
+    def __init__(self, plan: ChatPlan) -> None:
+        self._forced = plan.forced_tools
+        self._parallel = plan.parallel_tool_calls
+        self._buf: list[str] = []
+        self.called = False
+
+    def push(self, content: str, deltas: list[ToolCallDelta]) -> tuple[str, list[ToolCallDelta]]:
+        if self._forced is not None:
+            self._buf.append(content)
+            content = ""
+        if not self._parallel and deltas:
+            deltas = [d for d in deltas if d.index == 0]
+        return content, deltas
+
+    def finish(self, content: str, deltas: list[ToolCallDelta]) -> tuple[str, list[ToolCallDelta]]:
+        if self._forced is None:
+            return content, deltas
+        text = "".join(self._buf)
+        calls = forced_tool_calls(text, self._forced)
+        if not calls:
+            return text, deltas  # cut off before the document closed: the text as it is
+        self.called = True
+        return "", [ToolCallDelta(i, new_call_id(), n, a) for i, (n, a) in enumerate(calls)]
+
+
+_REASONING_KEYS: dict[str, tuple[str, ...]] = {
+    "both": ("reasoning_content", "reasoning"),
+    "reasoning": ("reasoning",),
+    "reasoning_content": ("reasoning_content",),
+}
+
+
+def _delta_body(
+    reasoning: str, content: str, deltas: list[ToolCallDelta], rkeys: tuple[str, ...]
+) -> bytes:
     if not deltas:
-        if reasoning and content:
-            return (
-                b'{"reasoning_content":' + dumps(reasoning) + b',"content":' + dumps(content) + b"}"
-            )
         if reasoning:
-            return b'{"reasoning_content":' + dumps(reasoning) + b"}"
+            value = dumps(reasoning)
+            body = b",".join(b'"' + k.encode() + b'":' + value for k in rkeys)
+            if content:
+                return b"{" + body + b',"content":' + dumps(content) + b"}"
+            return b"{" + body + b"}"
         return b'{"content":' + dumps(content) + b"}"
     delta: dict[str, Any] = {}
     if reasoning:
-        delta["reasoning_content"] = reasoning
+        for k in rkeys:
+            delta[k] = reasoning
     if content:
         delta["content"] = content
     # One entry per call index: a name delta and its arguments that arrived together

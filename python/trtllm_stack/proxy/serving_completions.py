@@ -21,6 +21,7 @@ from trtllm_stack.proxy.serving_base import (
     count_finished,
     new_request_id,
     serve_plan,
+    stamp_usage,
     stream_failed,
     stream_finished,
     usage,
@@ -39,6 +40,7 @@ class CompletionPlan:
     prompt_tokens: int
     stops: list[str]
     include_usage: bool
+    continuous_usage: bool  # stream_options.continuous_usage_stats (vLLM)
     want_logprobs: bool
 
 
@@ -77,7 +79,12 @@ class CompletionService:
         if body.n not in (None, 1):
             raise InvalidRequest("only n=1 is supported", param="n")
         if body.best_of not in (None, 1):
-            raise InvalidRequest("best_of is not supported", param="best_of")
+            raise InvalidRequest(
+                "best_of is not supported: TensorRT-LLM's sampling has no best-of selection"
+                " (tensorrt_llm/sampling_params.py, _get_sampling_config: best_of has 'no"
+                " corresponding param' when sampling)",
+                param="best_of",
+            )
         if body.echo:
             raise InvalidRequest("echo is not supported", param="echo")
         if body.suffix:
@@ -104,6 +111,7 @@ class CompletionService:
             include_usage=bool(
                 body.stream and body.stream_options and body.stream_options.include_usage
             ),
+            continuous_usage=body.continuous_usage(),
             want_logprobs=want_logprobs,
         )
 
@@ -199,6 +207,8 @@ class CompletionService:
                     if batch[-1].final or pipeline.stopped:
                         break
                     if out:
+                        if plan.continuous_usage:
+                            stamp_usage(out, plan.prompt_tokens, n_out)
                         yield b"".join(out)
                         out.clear()
                     batch = await pump.next_batch()
@@ -212,6 +222,8 @@ class CompletionService:
             out.append(tpl.chunk(dumps(text)))
         finish = "stop" if pipeline.stopped else ctx.finish_reason(plan.engine_req, n_out, last)
         out.append(tpl.final(b'""', finish))
+        if plan.continuous_usage:
+            stamp_usage(out, plan.prompt_tokens, n_out)
         yield stream_finished(
             ctx,
             out,

@@ -72,6 +72,14 @@ class ProxySettings(BaseSettings):
         description="seconds a client may stop reading a stream before its request is cancelled",
     )
     reasoning_parser: bool = Field(default=True, description="split <think> into reasoning_content")
+    # vLLM renamed reasoning_content to reasoning (vllm-project/vllm#27752, the old name
+    # removed in #33402); DeepSeek's reasoning_content is what OpenWebUI, litellm, the Vercel
+    # AI SDK and others read. "both" serves either kind of client.
+    reasoning_field: Literal["both", "reasoning", "reasoning_content"] = Field(
+        default="both",
+        description="field name of the reasoning text in messages and deltas: reasoning"
+        " (vLLM today), reasoning_content (DeepSeek, older vLLM) or both",
+    )
     tool_call_streaming: Literal["incremental", "buffered"] = Field(
         default="incremental",
         description="incremental: a tool call's name, then its argument fragments as they"
@@ -93,6 +101,13 @@ class ProxySettings(BaseSettings):
         default=1, ge=1, le=64, description="threads that template and tokenize long prompts"
     )
     log_level: str = "info"
+    workers: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="proxy processes sharing the port (SO_REUSEPORT); max_in_flight and"
+        " /metrics cover all of them",
+    )
     # Several Triton addresses (see proxy/replicas.py for the routing rules).
     replica_health_interval: float = Field(
         default=0.5, gt=0, description="seconds between health checks of each replica"

@@ -165,3 +165,138 @@ def test_bad_guides_are_400s_that_name_the_problem(client):
         assert words in err["message"], err
         if param is not None:
             assert err["param"] == param
+
+
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}},
+            "required": ["city"],
+        },
+    },
+}
+TIME = {
+    "type": "function",
+    "function": {
+        "name": "get_time",
+        "parameters": {
+            "type": "object",
+            "properties": {"zone": {"type": "string"}},
+            "required": ["zone"],
+        },
+    },
+}
+TWO_CALLS = (
+    '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>\n'
+    '<tool_call>\n{"name": "get_time", "arguments": {"zone": "CET"}}\n</tool_call>'
+)
+
+
+def _calls(message) -> list[tuple[str, dict]]:
+    return [(c.function.name, json.loads(c.function.arguments)) for c in message.tool_calls]
+
+
+def test_named_tool_choice_is_enforced_even_for_prose(client):
+    for text, city in [("I would rather chat.", ""), ('{"city": "Paris"}', "Paris")]:
+        done = client.chat.completions.create(
+            model="qwen3",
+            messages=reply(text),
+            tools=[WEATHER, TIME],
+            tool_choice={"type": "function", "function": {"name": "get_weather"}},
+            max_tokens=100,
+        )
+        choice = done.choices[0]
+        assert choice.finish_reason == "tool_calls" and choice.message.content is None
+        assert _calls(choice.message) == [("get_weather", {"city": city})]
+
+
+def test_required_tool_choice_stream_and_parallel_false(client):
+    chunks = list(
+        client.chat.completions.create(
+            model="qwen3",
+            messages=reply("no tools for me"),
+            tools=[WEATHER, TIME],
+            tool_choice="required",
+            max_tokens=100,
+            stream=True,
+        )
+    )
+    calls = [tc for c in chunks if c.choices for tc in c.choices[0].delta.tool_calls or []]
+    assert len(calls) == 1 and calls[0].function.name in ("get_weather", "get_time")
+    json.loads(calls[0].function.arguments)
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "tool_calls"
+    assert not "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+
+
+def test_parallel_tool_calls_false_keeps_the_first_call(client):
+    kwargs = {"model": "qwen3", "messages": reply(TWO_CALLS), "tools": [WEATHER, TIME]}
+    both = client.chat.completions.create(**kwargs)
+    assert [n for n, _ in _calls(both.choices[0].message)] == ["get_weather", "get_time"]
+    one = client.chat.completions.create(**kwargs, parallel_tool_calls=False)
+    assert _calls(one.choices[0].message) == [("get_weather", {"city": "Paris"})]
+    chunks = list(client.chat.completions.create(**kwargs, parallel_tool_calls=False, stream=True))
+    names = [
+        tc.function.name
+        for c in chunks
+        if c.choices
+        for tc in c.choices[0].delta.tool_calls or []
+        if tc.function and tc.function.name
+    ]
+    assert names == ["get_weather"]
+    # tool_choice auto stays free: plain text comes back as text.
+    free = client.chat.completions.create(
+        model="qwen3", messages=reply("just text"), tools=[WEATHER], tool_choice="auto"
+    )
+    assert free.choices[0].message.content == "just text"
+
+
+def test_min_tokens_and_ignore_eos_reach_the_engine(client):
+    base = {"model": "qwen3", "messages": reply("short")}
+    short = client.chat.completions.create(**base, max_tokens=40)
+    assert short.choices[0].message.content == "short"
+    assert short.usage.completion_tokens == 1
+    # min_tokens: EOS held back until 12 tokens; the engine goes on with its default text.
+    held = client.chat.completions.create(**base, max_tokens=40, extra_body={"min_tokens": 12})
+    assert held.usage.completion_tokens == 12 and held.choices[0].finish_reason == "stop"
+    assert held.choices[0].message.content.startswith("short")
+    # ignore_eos (end_id -1): exactly max_tokens, finish "length", as benchmarks want.
+    for stream in (False, True):
+        r = client.chat.completions.create(
+            **base, max_tokens=25, extra_body={"ignore_eos": True}, stream=stream,
+            **({"stream_options": {"include_usage": True}} if stream else {}),
+        )  # fmt: skip
+        if stream:
+            chunks = list(r)
+            assert chunks[-1].usage.completion_tokens == 25
+            assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
+        else:
+            assert r.usage.completion_tokens == 25 and r.choices[0].finish_reason == "length"
+
+
+def test_continuous_usage_stats_on_every_chunk(client):
+    chunks = list(
+        client.chat.completions.create(
+            model="qwen3",
+            messages=reply("one two three four"),
+            stream=True,
+            stream_options={"include_usage": True, "continuous_usage_stats": True},
+        )
+    )
+    counts = [c.usage.completion_tokens for c in chunks]
+    assert all(c.usage is not None for c in chunks)
+    assert counts == sorted(counts) and counts[-1] == chunks[-1].usage.completion_tokens > 0
+    prompt = {c.usage.prompt_tokens for c in chunks}
+    assert len(prompt) == 1
+    # Without include_usage (vLLM's rule) there is none.
+    plain = list(
+        client.chat.completions.create(
+            model="qwen3",
+            messages=reply("one"),
+            stream=True,
+            stream_options={"continuous_usage_stats": True},
+        )
+    )
+    assert all(c.usage is None for c in plain)
