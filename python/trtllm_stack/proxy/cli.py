@@ -50,6 +50,19 @@ _FLAGS: list[tuple[str, str, dict[str, Any], str]] = [
         "stream a tool call's arguments as they arrive (incremental, default) or send each"
         " call whole once complete (buffered: a broken call comes back as content)",
     ),
+    (
+        "--prompt-cache-bytes",
+        "prompt_cache_bytes",
+        {"type": int},
+        "token-id cache of prompt blocks, LRU by bytes (default 256 MiB; 0 = off)",
+    ),
+    (
+        "--prompt-inline-chars",
+        "prompt_inline_chars",
+        {"type": int},
+        "longer prompts are tokenized in the prompt thread (default 4096)",
+    ),
+    ("--prompt-threads", "prompt_threads", {"type": int}, "prompt worker threads (default 1)"),
     ("--log-level", "log_level", {}, "uvicorn log level (default info)"),
     (
         "--workers",

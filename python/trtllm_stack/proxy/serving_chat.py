@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,9 +48,6 @@ from trtllm_stack.text.tool_calls import (
 )
 from trtllm_stack.triton.tensors import EngineChunk, EngineRequest
 
-# Prompts longer than this are templated and tokenized in a worker thread so that one big
-# request does not stall every stream's next token.
-_INLINE_PROMPT_CHARS = 16_384
 _REQUIRED_TOOL_HINT = "You must call at least one of the provided functions in your reply."
 _NAMED_TOOL_HINT = "You must call the function `{name}` in your reply."
 
@@ -140,6 +136,14 @@ def _template_messages(messages: list[ChatMessage], esc: Escaper) -> list[dict[s
     return out
 
 
+def _prompt_chars(messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> int:
+    """About how many characters the rendered prompt has (decides inline or thread)."""
+    size = sum(len(m["content"]) + len(m.get("reasoning_content") or "") for m in messages)
+    if tools:
+        size += len(json.dumps(tools, ensure_ascii=False))
+    return size
+
+
 def _add_system_hint(messages: list[dict[str, Any]], hint: str) -> None:
     if messages and messages[0]["role"] == "system":
         messages[0]["content"] = f"{messages[0]['content']}\n\n{hint}".lstrip()
@@ -168,7 +172,7 @@ class ChatService:
         tools: list[dict[str, Any]] | None,
         kwargs: dict,
         esc: Escaper,
-    ) -> tuple[str, list[int]]:
+    ) -> tuple[str, Sequence[int]]:
         try:
             text = self.ctx.chat_template.render(
                 messages, tools=tools, add_generation_prompt=True, **kwargs
@@ -227,13 +231,9 @@ class ChatService:
         thinking_enabled = thinking is not False
         kwargs["enable_thinking"] = thinking_enabled
         tools_arg = esc.json_value(tool_defs) if tool_names is not None else None
-        size = sum(len(m["content"]) for m in messages)
-        if size > _INLINE_PROMPT_CHARS:
-            text, prompt_ids = await asyncio.to_thread(
-                self._render, messages, tools_arg, kwargs, esc
-            )
-        else:
-            text, prompt_ids = self._render(messages, tools_arg, kwargs, esc)
+        text, prompt_ids = await ctx.prompt.run(
+            _prompt_chars(messages, tools_arg), self._render, messages, tools_arg, kwargs, esc
+        )
 
         want_logprobs = bool(body.logprobs)
         max_tokens = body.max_completion_tokens or body.max_tokens

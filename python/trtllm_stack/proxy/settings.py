@@ -93,6 +93,21 @@ class ProxySettings(BaseSettings):
         description="incremental: a tool call's name, then its argument fragments as they"
         " arrive; buffered: each call whole once its block closed (a broken block: content)",
     )
+    prompt_cache_bytes: int = Field(
+        default=256 * 1024 * 1024,
+        ge=0,
+        description="bytes of prompt-block token ids kept (LRU) so that a growing conversation"
+        " is not re-tokenized every turn; 0 = off",
+    )
+    prompt_inline_chars: int = Field(
+        default=4096,
+        ge=0,
+        description="prompts up to this many characters are templated and tokenized on the"
+        " event loop; longer ones in the prompt thread (see docs/bench.md, prompt time)",
+    )
+    prompt_threads: int = Field(
+        default=1, ge=1, le=64, description="threads that template and tokenize long prompts"
+    )
     log_level: str = "info"
     workers: int = Field(
         default=1,
