@@ -301,8 +301,9 @@ async def failover(url: str, servers: ReplicaSet, concurrency: int, seconds: flo
 
 def build_repo(base: Path, token_ms: float, slots: int, i: int) -> tuple[Path, Path]:
     log = base / f"events-{i}.jsonl"
-    options = ScriptedEngineOptions(token_delay_ms=token_ms, event_log=log)
-    options.batch_slots = slots  # type: ignore[attr-defined]
+    # batch_slots: the scripted engine's queueing (requests beyond it wait for a slot).
+    knobs: dict[str, Any] = {"token_delay_ms": token_ms, "event_log": log, "batch_slots": slots}
+    options = ScriptedEngineOptions(**knobs)
     repo = write_model_repository(
         base / f"repo-{i}",
         engine="scripted",
