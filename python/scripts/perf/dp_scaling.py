@@ -101,7 +101,14 @@ def start_proxy(grpc_urls: str, workdir: Path, name: str, *extra: str) -> Proxy:
 async def chat(
     session: aiohttp.ClientSession, url: str, messages: list[dict[str, str]], max_tokens: int
 ) -> tuple[Result, str]:
-    body = {"model": "qwen3", "stream": True, "max_tokens": max_tokens, "messages": messages}
+    body = {
+        "model": "qwen3",
+        "stream": True,
+        "max_tokens": max_tokens,
+        "messages": messages,
+        # Tokens counted by the server: one SSE event may carry several tokens.
+        "stream_options": {"include_usage": True},
+    }
     res = Result(ok=False, status=0, start=time.monotonic())
     text: list[str] = []
     try:
@@ -127,12 +134,13 @@ async def chat(
                         res.error = obj["error"].get("code") or "error"
                         continue
                     res.request_id = obj.get("id", res.request_id)
+                    if obj.get("usage"):
+                        res.tokens = obj["usage"]["completion_tokens"]
                     for choice in obj.get("choices", ()):
                         piece = (choice.get("delta") or {}).get("content")
                         if piece:
                             if res.ttft is None:
                                 res.ttft = time.monotonic() - res.start
-                            res.tokens += 1
                             text.append(piece)
     except (TimeoutError, aiohttp.ClientError) as exc:
         res.error = type(exc).__name__

@@ -72,7 +72,7 @@ _FLAGS: list[tuple[str, str, dict[str, Any], str]] = [
         "--affinity-balance-ratio",
         "affinity_balance_ratio",
         {"type": float},
-        "prefix affinity holds while its replica has <= max(least + slack, ratio * least)"
+        "prefix affinity holds while its replica has <= max(mean + slack, ratio * mean)"
         " requests in flight (default 1.25)",
     ),
     ("--affinity-balance-slack", "affinity_balance_slack", {"type": int}, "default 2"),

@@ -11,8 +11,8 @@ Routing (one decision per request, before its first token):
   hashed together with all blocks before it (the way the engine's KV-cache reuse identifies
   blocks); the replica that last served the longest matching block chain gets the request,
   so the turns of one conversation land where their prefix is cached, as long as that
-  replica has at most ``max(least + slack, ratio * least)`` requests in flight, ``least``
-  being the least-loaded candidate's count. Beyond that bound load wins (an "overflow").
+  replica has at most ``max(mean + slack, ratio * mean)`` requests in flight, ``mean``
+  being the candidates' average. Beyond that bound load wins (an "overflow").
 
 A replica that fails while streaming ends only its own streams (the error surfaces as the
 usual :class:`EngineUnavailable`); an open that fails before anything was generated is
@@ -264,7 +264,8 @@ class ReplicaPool:
         else:
             owner = self.replicas[owner_index]
             p = self.policy
-            bound = max(least.in_flight + p.balance_slack, p.balance_ratio * least.in_flight)
+            mean = sum(r.in_flight for r in candidates) / len(candidates)
+            bound = max(mean + p.balance_slack, p.balance_ratio * mean)
             if owner.up and owner.index not in exclude and owner.in_flight <= bound:
                 chosen = owner
                 self._decided("affinity")
