@@ -270,7 +270,7 @@ async def failover(url: str, servers: ReplicaSet, concurrency: int, seconds: flo
             if line.startswith("trtllm_proxy_replica_requests_in_flight") and victim_url in line:
                 in_flight_on_victim = int(float(line.split()[-1]))
         killed_at = time.monotonic()
-        victim.kill()
+        await asyncio.to_thread(victim.kill)
         while time.monotonic() - killed_at < 10:
             async with s.get(url + "/health/ready") as r:
                 body = await r.json()

@@ -160,7 +160,7 @@ def _open_engine(settings: ProxySettings) -> Engine:
 
 async def _pool_ready(pool: ReplicaPool) -> Response:
     """200 while at least one replica is ready; the body lists every replica."""
-    replicas = await pool.check_all()
+    replicas = await pool.status()
     n_ready = sum(r["ready"] for r in replicas)
     if n_ready:
         return json_response(

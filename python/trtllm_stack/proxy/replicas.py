@@ -330,6 +330,14 @@ class ReplicaPool:
             replica.last_error = replica.last_error or reason
         return ready
 
+    async def status(self) -> list[dict[str, Any]]:
+        """Every replica's state for /health/ready: what the periodic checks and the
+        requests last saw (a hung replica must not hold the answer for the check timeout);
+        checked now only before the periodic checks have started."""
+        if self._health is None:
+            return await self.check_all()
+        return [r.status() for r in self.replicas]
+
     async def check_all(self) -> list[dict[str, Any]]:
         """Check every replica now; their status (for /health/ready)."""
         self._ensure_health_checks()
@@ -350,7 +358,7 @@ class ReplicaPool:
     # -- the rest of the Engine interface --------------------------------------------
 
     async def is_ready(self) -> bool:
-        return any(s["ready"] for s in await self.check_all())
+        return any(s["ready"] for s in await self.status())
 
     async def limits(self) -> EngineLimits:
         """The first reachable replica's limits (replicas serve the same engine)."""
