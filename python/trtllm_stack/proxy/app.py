@@ -199,7 +199,10 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        yield
+        try:
+            yield
+        finally:
+            ctx.prompt.close()
         if own_engine:
             await ctx.engine.close()
 

@@ -40,10 +40,12 @@ from trtllm_stack.proxy.errors import (
 )
 from trtllm_stack.proxy.guided import Guide, request_guide
 from trtllm_stack.proxy.metrics import ProxyMetrics
+from trtllm_stack.proxy.prompt_worker import PromptWork
 from trtllm_stack.proxy.protocol import _SamplingRequest
 from trtllm_stack.proxy.settings import ProxySettings
 from trtllm_stack.proxy.sse import DONE, event
 from trtllm_stack.proxy.workers import SharedInFlight
+from trtllm_stack.text.chat_template import ChatTemplate
 from trtllm_stack.text.pipeline import TextPipeline
 from trtllm_stack.text.special_tokens import LiteralText
 from trtllm_stack.triton.tensors import EngineChunk, EngineRequest
@@ -100,12 +102,24 @@ class ServingContext:
         self.extra_stop_ids: tuple[tuple[int, ...], ...] = (
             ((int(extra),),) if isinstance(extra, int) and extra != self.end_id else ()
         )
-        self._backend = tokenizer.backend_tokenizer
         self.literal = LiteralText(tokenizer)
+        self.chat_template = ChatTemplate(
+            tokenizer,
+            max_seconds=settings.template_timeout,
+            max_chars=settings.max_template_chars,
+        )
+        self.prompt = PromptWork(
+            tokenizer.backend_tokenizer,
+            cache_bytes=settings.prompt_cache_bytes,
+            inline_chars=settings.prompt_inline_chars,
+            threads=settings.prompt_threads,
+            registry=metrics.registry,
+        )
 
-    def encode(self, text: str) -> list[int]:
+    def encode(self, text: str) -> Sequence[int]:
+        """Token ids of ``text`` (markers special); safe from the prompt thread too."""
         try:
-            ids: list[int] = self._backend.encode(text, add_special_tokens=False).ids
+            ids = self.prompt.encode(text)
         except (TypeError, ValueError, UnicodeError):
             # Lone surrogates ("\ud800" in JSON) are valid JSON but not Unicode text.
             raise InvalidRequest(
