@@ -45,6 +45,7 @@ from trtllm_stack.proxy.settings import ProxySettings
 from trtllm_stack.proxy.sse import DONE, event
 from trtllm_stack.text.pipeline import TextPipeline
 from trtllm_stack.text.special_tokens import LiteralText
+from trtllm_stack.triton.backend_errors import parse_engine_limit_error
 from trtllm_stack.triton.tensors import EngineChunk, EngineRequest
 
 log = logging.getLogger("trtllm_stack.proxy")
@@ -66,6 +67,15 @@ def backend_error(exc: BaseException) -> ProxyError:
     if isinstance(exc, EngineSilent):
         return BackendTimeout(str(exc))
     if isinstance(exc, EngineError):
+        limit = parse_engine_limit_error(str(exc))
+        if limit is not None:
+            # The engine's own prompt check (a limit the proxy did not know, e.g. a repository
+            # written for another engine): the client's request is too long, not a 5xx.
+            return InvalidRequest(
+                f"the prompt has {limit.prompt_len} tokens; this engine accepts at most"
+                f" {limit.max_input_len} input tokens",
+                code="context_length_exceeded",
+            )
         return BackendFailed(f"the inference backend failed the request: {exc}")
     if isinstance(exc, ProxyError):
         return exc
