@@ -34,9 +34,12 @@ ENGINE_DEFAULTS: dict[str, str] = {
     "decoupled_mode": "true",
     "kv_cache_free_gpu_mem_fraction": "0.9",
     "exclude_input_in_output": "true",
-    # Prefix reuse on (vLLM, SGLang and trtllm-serve reuse cached prefixes by default); needs
-    # paged KV + paged context FMHA in the engine (checked in _engine_limits).
+    # Prefix reuse on (vLLM, SGLang and trtllm-serve reuse cached prefixes by default; the
+    # backend itself defaults to true when the parameter is absent: tensorrtllm_backend c2e65b8
+    # inflight_batcher_llm/src/model_instance_state.cc:167-176). Needs paged KV + paged
+    # context FMHA in the engine (checked in render_repository); memory: docs/engine.md.
     "enable_kv_cache_reuse": "true",
+    # "requires building the model with use_paged_context_fmha" (same file, 521-533).
     "enable_chunked_context": "true",
     "logits_datatype": "TYPE_FP32",
     "encoder_input_features_data_type": "TYPE_FP16",
