@@ -51,7 +51,9 @@ while [ "$pid" -gt 1 ]; do
 done
 nix=no
 [ -d /nix/store ] && nix=yes
-echo "tritonserver rank=${OMPI_COMM_WORLD_RANK:-none} image=$(cat /opt/ngc-stand-in) bwrap_depth=$depth nix=$nix cwd=$(pwd) args=$*"
+image=$(cat /opt/ngc-stand-in)
+echo "tritonserver rank=${OMPI_COMM_WORLD_RANK:-none} image=$image bwrap_depth=$depth \
+nix=$nix cwd=$(pwd) args=$*"
 """
 
 
