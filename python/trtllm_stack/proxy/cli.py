@@ -38,6 +38,11 @@ _FLAGS: list[tuple[str, str, dict[str, Any], str]] = [
     ("--max-tool-chars", "max_tool_chars", {"type": int}, "characters of one tool (400)"),
     ("--max-logit-bias", "max_logit_bias", {"type": int}, "logit_bias entries (400)"),
     ("--max-n", "max_n", {"type": int}, "choices per request, n (400)"),
+    ("--header-timeout", "header_timeout", {"type": float}, "seconds to read headers (408)"),
+    ("--body-timeout", "body_timeout", {"type": float}, "seconds to read a body (408)"),
+    ("--max-connections", "max_connections", {"type": int}, "open connections (0 = no cap)"),
+    ("--template-timeout", "template_timeout", {"type": float}, "seconds per template render"),
+    ("--max-template-chars", "max_template_chars", {"type": int}, "template output limit"),
     ("--default-max-tokens", "default_max_tokens", {"type": int}, "when a request has none"),
     ("--backend-timeout", "backend_timeout", {"type": float}, "seconds of backend silence"),
     ("--send-timeout", "send_timeout", {"type": float}, "seconds a stalled client is kept"),
@@ -48,7 +53,27 @@ _FLAGS: list[tuple[str, str, dict[str, Any], str]] = [
         "stream a tool call's arguments as they arrive (incremental, default) or send each"
         " call whole once complete (buffered: a broken call comes back as content)",
     ),
+    (
+        "--prompt-cache-bytes",
+        "prompt_cache_bytes",
+        {"type": int},
+        "token-id cache of prompt blocks, LRU by bytes (default 256 MiB; 0 = off)",
+    ),
+    (
+        "--prompt-inline-chars",
+        "prompt_inline_chars",
+        {"type": int},
+        "longer prompts are tokenized in the prompt thread (default 4096)",
+    ),
+    ("--prompt-threads", "prompt_threads", {"type": int}, "prompt worker threads (default 1)"),
     ("--log-level", "log_level", {}, "uvicorn log level (default info)"),
+    (
+        "--workers",
+        "workers",
+        {"type": int},
+        "proxy processes on the one port (SO_REUSEPORT; default 1); limits and /metrics"
+        " cover all of them",
+    ),
     (
         "--replica-health-interval",
         "replica_health_interval",
@@ -149,24 +174,39 @@ def _settings(args: argparse.Namespace, **fixed: Any) -> Any:
         raise UserError(f"invalid {field}: {first.get('msg')}") from None
 
 
+def uvicorn_options(settings: Any) -> dict[str, Any]:
+    """uvicorn.Config keywords shared by the one-process server and every worker."""
+    from trtllm_stack.proxy.http_guard import guarded_http_protocol
+
+    return {
+        "host": settings.host,
+        "port": settings.port,
+        "log_level": settings.log_level,
+        "timeout_graceful_shutdown": 5,
+        # Longer than the idle expiry of HTTP clients (httpx / openai SDK: 5 s, aiohttp:
+        # 15 s) so that the client closes idle connections first: with equal timeouts a
+        # client can reuse a connection at the moment the server closes it (a reset).
+        "timeout_keep_alive": 75,
+        "access_log": settings.log_level == "debug",
+        # Header/body read timeouts and the connection cap uvicorn lacks (http_guard.py).
+        "http": guarded_http_protocol(settings),
+    }
+
+
 def _serve(settings: Any) -> None:
+    if settings.workers > 1:
+        from trtllm_stack.proxy.workers import serve_workers
+
+        code = serve_workers(settings)
+        if code:
+            raise SystemExit(code)
+        return
     import uvicorn
 
     from trtllm_stack.proxy.app import create_app
 
     app = create_app(settings)
-    uvicorn.run(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        timeout_graceful_shutdown=5,
-        # Longer than the idle expiry of HTTP clients (httpx / openai SDK: 5 s, aiohttp:
-        # 15 s) so that the client closes idle connections first: with equal timeouts a
-        # client can reuse a connection at the moment the server closes it (a reset).
-        timeout_keep_alive=75,
-        access_log=settings.log_level == "debug",
-    )
+    uvicorn.run(app, **uvicorn_options(settings))
 
 
 def run_proxy(args: argparse.Namespace) -> int:

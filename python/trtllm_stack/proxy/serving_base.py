@@ -40,9 +40,12 @@ from trtllm_stack.proxy.errors import (
 )
 from trtllm_stack.proxy.guided import Guide, request_guide
 from trtllm_stack.proxy.metrics import ProxyMetrics
+from trtllm_stack.proxy.prompt_worker import PromptWork
 from trtllm_stack.proxy.protocol import _SamplingRequest
 from trtllm_stack.proxy.settings import ProxySettings
 from trtllm_stack.proxy.sse import DONE, event
+from trtllm_stack.proxy.workers import SharedInFlight
+from trtllm_stack.text.chat_template import ChatTemplate
 from trtllm_stack.text.pipeline import TextPipeline
 from trtllm_stack.text.special_tokens import LiteralText
 from trtllm_stack.triton.backend_errors import parse_engine_limit_error
@@ -98,6 +101,8 @@ class ServingContext:
         self.tokenizer = tokenizer
         self.metrics = metrics
         self.in_flight = 0
+        # --workers: the in-flight count of the whole server (proxy/workers.py).
+        self.shared_limit: SharedInFlight | None = None
         self._limits: EngineLimits | None = None
         self.end_id: int = int(tokenizer.eos_token_id)
         pad = tokenizer.pad_token_id
@@ -107,12 +112,24 @@ class ServingContext:
         self.extra_stop_ids: tuple[tuple[int, ...], ...] = (
             ((int(extra),),) if isinstance(extra, int) and extra != self.end_id else ()
         )
-        self._backend = tokenizer.backend_tokenizer
         self.literal = LiteralText(tokenizer)
+        self.chat_template = ChatTemplate(
+            tokenizer,
+            max_seconds=settings.template_timeout,
+            max_chars=settings.max_template_chars,
+        )
+        self.prompt = PromptWork(
+            tokenizer.backend_tokenizer,
+            cache_bytes=settings.prompt_cache_bytes,
+            inline_chars=settings.prompt_inline_chars,
+            threads=settings.prompt_threads,
+            registry=metrics.registry,
+        )
 
-    def encode(self, text: str) -> list[int]:
+    def encode(self, text: str) -> Sequence[int]:
+        """Token ids of ``text`` (markers special); safe from the prompt thread too."""
         try:
-            ids: list[int] = self._backend.encode(text, add_special_tokens=False).ids
+            ids = self.prompt.encode(text)
         except (TypeError, ValueError, UnicodeError):
             # Lone surrogates ("\ud800" in JSON) are valid JSON but not Unicode text.
             raise InvalidRequest(
@@ -143,7 +160,8 @@ class ServingContext:
 
     def admit(self) -> Lease:
         limit = self.settings.max_in_flight
-        if limit and self.in_flight >= limit:
+        shared = self.shared_limit
+        if (limit and self.in_flight >= limit) or (shared is not None and not shared.acquire()):
             raise Overloaded(
                 f"the server is at its limit of {limit} requests in flight; retry shortly",
                 headers={"Retry-After": "1"},
@@ -260,6 +278,8 @@ class Lease:
         ctx, self._ctx = self._ctx, None
         if ctx is not None:
             ctx.in_flight -= 1
+            if ctx.shared_limit is not None:
+                ctx.shared_limit.release()
             ctx.metrics.in_flight.dec()
             ctx.metrics.duration.observe(time.perf_counter() - self._start)
 

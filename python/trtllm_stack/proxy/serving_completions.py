@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,11 +44,20 @@ class CompletionPlan:
     want_logprobs: bool
 
 
+def _text_chars(prompt: Any) -> int:
+    """Characters to tokenize (token-id prompts: none)."""
+    if isinstance(prompt, str):
+        return len(prompt)
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+        return len(prompt[0])
+    return 0
+
+
 class CompletionService:
     def __init__(self, ctx: ServingContext) -> None:
         self.ctx = ctx
 
-    def _prompt_ids(self, prompt: Any) -> list[int]:
+    def _prompt_ids(self, prompt: Any) -> Sequence[int]:
         if isinstance(prompt, str):
             return self.ctx.encode(prompt)
         if isinstance(prompt, list) and len(prompt) > 1 and not isinstance(prompt[0], int):
@@ -86,7 +95,7 @@ class CompletionService:
                 " engine does not return alternatives",
                 param="logprobs",
             )
-        prompt_ids = self._prompt_ids(body.prompt)
+        prompt_ids = await ctx.prompt.run(_text_chars(body.prompt), self._prompt_ids, body.prompt)
         want_logprobs = body.logprobs is not None
         engine_req = await ctx.engine_request(
             body, prompt_ids, max_tokens=body.max_tokens, want_log_probs=want_logprobs, chat=False
