@@ -4,27 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-from starlette.requests import Request
-from starlette.responses import Response
-
-from trtllm_stack.proxy.engine import ChunkStream
 from trtllm_stack.proxy.errors import InvalidRequest
 from trtllm_stack.proxy.protocol import ChatCompletionRequest, ChatMessage, NamedToolChoice
 from trtllm_stack.proxy.serving_base import (
-    Lease,
+    Collected,
+    Plan,
+    RequestRunner,
     ServingContext,
     chat_logprobs,
-    collect,
-    count_finished,
     new_request_id,
-    serve_plan,
-    stream_failed,
-    stream_finished,
     usage,
 )
 from trtllm_stack.proxy.sse import ChunkTemplate, dumps
@@ -36,7 +27,7 @@ from trtllm_stack.text.tool_calls import (
     ToolCallStreaming,
     parse_tool_calls,
 )
-from trtllm_stack.triton.tensors import EngineChunk, EngineRequest
+from trtllm_stack.triton.tensors import EngineChunk
 
 # Prompts longer than this are templated and tokenized in a worker thread so that one big
 # request does not stall every stream's next token.
@@ -49,21 +40,13 @@ _NAMED_TOOL_HINT = "You must call the function `{name}` in your reply."
 
 
 @dataclass(slots=True)
-class ChatPlan:
+class ChatPlan(Plan):
     """Everything decided before the engine is asked: prompt, parsing, output shape."""
 
-    request_id: str
-    created: int
-    model: str
-    engine_req: EngineRequest
-    prompt_tokens: int
-    stops: list[str]
     tool_names: list[str] | None  # None: no tool-call parsing
     thinking_enabled: bool
     think_in_prompt: bool
     reasoning: bool
-    include_usage: bool
-    want_logprobs: bool
     tool_call_streaming: ToolCallStreaming = "incremental"
 
 
@@ -152,9 +135,9 @@ def _check_unsupported(body: ChatCompletionRequest) -> None:
         )
 
 
-class ChatService:
-    def __init__(self, ctx: ServingContext) -> None:
-        self.ctx = ctx
+class ChatService(RequestRunner[ChatPlan]):
+    endpoint = "chat"
+    chunk_object = "chat.completion.chunk"
 
     def _render(
         self,
@@ -249,25 +232,10 @@ class ChatService:
             tool_call_streaming=ctx.settings.tool_call_streaming,
         )
 
-    async def handle(self, request: Request, body: ChatCompletionRequest) -> Response:
-        ctx = self.ctx
-        ctx.metrics.requests.labels("chat").inc()
-        plan = await self.plan(body)
-        ctx.metrics.prompt_tokens.inc(plan.prompt_tokens)
-        return await serve_plan(
-            ctx,
-            request,
-            plan,
-            stream=bool(body.stream),
-            aggregate=lambda pump, lease: self._aggregate(plan, pump, lease),
-            events=lambda pump, first, lease: self._stream(plan, pump, first, lease),
-        )
-
     # -- non-streaming ---------------------------------------------------------------
 
-    async def _aggregate(self, plan: ChatPlan, pump: ChunkStream, lease: Lease) -> dict[str, Any]:
+    def reply(self, plan: ChatPlan, got: Collected) -> tuple[dict[str, Any], str]:
         ctx = self.ctx
-        got = await collect(ctx, plan.engine_req, pump, lease, plan.stops, plan.want_logprobs)
         text = got.text
         reasoning: str | None = None
         if plan.reasoning:
@@ -291,13 +259,12 @@ class ChatService:
                     for c in calls
                 ]
                 finish = "tool_calls"
-        count_finished(ctx, got.completion_tokens, finish)
         logprobs = (
             chat_logprobs(ctx.tokenizer, got.token_ids, got.log_probs)
             if plan.want_logprobs
             else None
         )
-        return {
+        result = {
             "id": plan.request_id,
             "object": "chat.completion",
             "created": plan.created,
@@ -307,26 +274,26 @@ class ChatService:
             ],
             "usage": usage(plan.prompt_tokens, got.completion_tokens),
         }
+        return result, finish
 
     # -- streaming -------------------------------------------------------------------
 
-    async def _stream(
-        self,
-        plan: ChatPlan,
-        pump: ChunkStream,
-        first: list[EngineChunk] | None,
-        lease: Lease,
-    ) -> AsyncIterator[bytes]:
-        ctx = self.ctx
-        metrics = ctx.metrics
-        head: dict[str, Any] = {
-            "id": plan.request_id,
-            "object": "chat.completion.chunk",
-            "created": plan.created,
-            "model": plan.model,
-        }
+    def stream_output(self, plan: ChatPlan, head: dict[str, Any], out: list[bytes]) -> DeltaOutput:
         tpl = ChunkTemplate(head, "delta")
-        pipeline = TextPipeline(
+        out.append(tpl.chunk(b'{"role":"assistant","content":""}'))
+        return DeltaOutput(self.ctx, plan, tpl)
+
+
+class DeltaOutput:
+    """Chat stream chunks: ``choices[0].delta`` with reasoning, content and tool calls."""
+
+    __slots__ = ("_ctx", "_pipeline", "_plan", "_tpl")
+
+    def __init__(self, ctx: ServingContext, plan: ChatPlan, tpl: ChunkTemplate) -> None:
+        self._ctx = ctx
+        self._plan = plan
+        self._tpl = tpl
+        self._pipeline = TextPipeline(
             ctx.tokenizer,
             stops=plan.stops,
             reasoning=plan.reasoning,
@@ -335,75 +302,32 @@ class ChatService:
             tool_names=plan.tool_names,
             tool_call_streaming=plan.tool_call_streaming,
         )
-        want_lp = plan.want_logprobs
-        out: list[bytes] = [tpl.chunk(b'{"role":"assistant","content":""}')]
-        n_out = 0
-        last = -1
-        last_at = 0.0
-        batch = first
-        try:
-            try:
-                while batch is not None:
-                    if len(batch) == 1:
-                        ids = batch[0].token_ids
-                    else:
-                        ids = [t for c in batch for t in c.token_ids]
-                    final = batch[-1].final
-                    if ids:
-                        now = time.perf_counter()
-                        if n_out == 0:
-                            metrics.ttft.observe(now - lease.start)
-                        else:
-                            metrics.inter_token.observe((now - last_at) / len(ids))
-                        last_at = now
-                        n_out += len(ids)
-                        last = ids[-1]
-                        r, c, deltas = pipeline.push(ids)
-                        if want_lp:
-                            lps = [lp for ch in batch for lp in ch.log_probs or ()]
-                            lp_json = dumps(chat_logprobs(ctx.tokenizer, ids, lps))
-                            out.append(tpl.chunk(_delta_body(r, c, deltas), lp_json))
-                        elif r or c or deltas:
-                            out.append(tpl.chunk(_delta_body(r, c, deltas)))
-                    if final or pipeline.stopped:
-                        break
-                    if out:
-                        yield b"".join(out)
-                        out.clear()
-                    batch = await pump.next_batch()
-            finally:
-                pump.close()
-        except Exception as exc:
-            yield stream_failed(ctx, exc, out, lease)
-            return
+
+    @property
+    def stopped(self) -> bool:
+        return self._pipeline.stopped
+
+    def push(self, ids: list[int], batch: list[EngineChunk], out: list[bytes]) -> None:
+        r, c, deltas = self._pipeline.push(ids)
+        if self._plan.want_logprobs:
+            lps = [lp for ch in batch for lp in ch.log_probs or ()]
+            lp_json = dumps(chat_logprobs(self._ctx.tokenizer, ids, lps))
+            out.append(self._tpl.chunk(_delta_body(r, c, deltas), lp_json))
+        elif r or c or deltas:
+            out.append(self._tpl.chunk(_delta_body(r, c, deltas)))
+
+    def finish(self, out: list[bytes], finish: str) -> str:
+        pipeline = self._pipeline
         r, c, deltas = pipeline.finish()
         if r or c or deltas:
-            out.append(tpl.chunk(_delta_body(r, c, deltas)))
+            out.append(self._tpl.chunk(_delta_body(r, c, deltas)))
         if pipeline.called_tools:
-            finish = "tool_calls"
             # A call already streamed and then cut off by max_tokens cannot be taken back;
             # "length" tells the client its arguments are incomplete (as OpenAI does).
-            if (
-                pipeline.tool_call_truncated
-                and not pipeline.stopped
-                and ctx.finish_reason(plan.engine_req, n_out, last) == "length"
-            ):
-                finish = "length"
-        elif pipeline.stopped:
-            finish = "stop"
-        else:
-            finish = ctx.finish_reason(plan.engine_req, n_out, last)
-        out.append(tpl.final(b"{}", finish))
-        yield stream_finished(
-            ctx,
-            out,
-            head,
-            prompt_tokens=plan.prompt_tokens,
-            completion_tokens=n_out,
-            include_usage=plan.include_usage,
-            finish=finish,
-            lease=lease,
-        )
+            truncated = pipeline.tool_call_truncated and not pipeline.stopped
+            finish = "length" if truncated and finish == "length" else "tool_calls"
+        out.append(self._tpl.final(b"{}", finish))
+        return finish
 
 
 def _delta_body(reasoning: str, content: str, deltas: list[ToolCallDelta]) -> bytes:

@@ -18,20 +18,44 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import struct
 from typing import cast
 from urllib.parse import unquote
 
 from hpack import Decoder, Encoder, HPACKError, NeverIndexedHeaderTuple
 
-# gRPC status codes (grpc/status.h) that callers distinguish.
-OK = 0
-CANCELLED = 1
-UNKNOWN = 2
-DEADLINE_EXCEEDED = 4
-NOT_FOUND = 5
-INTERNAL = 13
-UNAVAILABLE = 14
+
+class Status(enum.IntEnum):
+    """gRPC status codes (grpc/include/grpcpp/support/status_code_enum.h, doc/statuscodes.md):
+    the one status type of the engine connection, used by the client and the proxy."""
+
+    OK = 0
+    CANCELLED = 1
+    UNKNOWN = 2
+    INVALID_ARGUMENT = 3
+    DEADLINE_EXCEEDED = 4
+    NOT_FOUND = 5
+    ALREADY_EXISTS = 6
+    PERMISSION_DENIED = 7
+    RESOURCE_EXHAUSTED = 8
+    FAILED_PRECONDITION = 9
+    ABORTED = 10
+    OUT_OF_RANGE = 11
+    UNIMPLEMENTED = 12
+    INTERNAL = 13
+    UNAVAILABLE = 14
+    DATA_LOSS = 15
+    UNAUTHENTICATED = 16
+
+    @classmethod
+    def of(cls, code: int) -> Status:
+        """A code from the wire; values outside the table count as UNKNOWN (statuscodes.md)."""
+        try:
+            return cls(code)
+        except ValueError:
+            return cls.UNKNOWN
+
 
 _PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 # Frame types and flags (RFC 9113 section 6).
@@ -72,7 +96,7 @@ class GrpcCallError(Exception):
 
     def __init__(self, code: int, message: str) -> None:
         super().__init__(message)
-        self.code = code
+        self.code = Status.of(code)
         self.message = message
 
 
@@ -193,7 +217,7 @@ class GrpcStream:
             return
         if not self.remote_closed:
             if self.error is None:
-                self.error = GrpcCallError(CANCELLED, "cancelled by the client")
+                self.error = GrpcCallError(Status.CANCELLED, "cancelled by the client")
             self.remote_closed = True
         self.local_closed = True
         self._pending = b""
@@ -249,7 +273,7 @@ class H2Connection(asyncio.Protocol):
         self.closed = True
         self.transport = None
         reason = f": {exc}" if exc else ""
-        self._fail_all(GrpcCallError(UNAVAILABLE, f"connection to the server lost{reason}"))
+        self._fail_all(GrpcCallError(Status.UNAVAILABLE, f"connection to the server lost{reason}"))
         if not self.lost.done():
             self.lost.set_result(None)
 
@@ -283,7 +307,7 @@ class H2Connection(asyncio.Protocol):
                     if end > start:
                         stream._feed(buf[start:end])
                     if flags & _END_STREAM:
-                        self._remote_end(stream, GrpcCallError(INTERNAL, "no gRPC status"))
+                        self._remote_end(stream, GrpcCallError(Status.INTERNAL, "no gRPC status"))
                     elif stream.received > _REPLENISH:
                         self._write(_frame(_WINDOW_UPDATE, 0, sid, _U32.pack(stream.received)))
                         stream.received = 0
@@ -366,8 +390,10 @@ class H2Connection(asyncio.Protocol):
             stream.trailers = fields
             code_text = fields.get("grpc-status")
             if code_text is None or not code_text.isdigit():
-                error: GrpcCallError | None = GrpcCallError(UNKNOWN, "response without grpc-status")
-            elif int(code_text) == OK:
+                error: GrpcCallError | None = GrpcCallError(
+                    Status.UNKNOWN, "response without grpc-status"
+                )
+            elif int(code_text) == Status.OK:
                 error = None
             else:
                 error = GrpcCallError(int(code_text), unquote(fields.get("grpc-message", "")))
@@ -410,7 +436,7 @@ class H2Connection(asyncio.Protocol):
     def _on_goaway(self, last_sid: int, code: int) -> None:
         self.draining = True
         refused = GrpcCallError(
-            UNAVAILABLE, f"the server is going away (HTTP/2 GOAWAY, error code {code})"
+            Status.UNAVAILABLE, f"the server is going away (HTTP/2 GOAWAY, error code {code})"
         )
         for stream in [s for s in self.streams.values() if s.id > last_sid]:
             stream.local_closed = True
@@ -419,7 +445,7 @@ class H2Connection(asyncio.Protocol):
 
     def _remote_end(self, stream: GrpcStream, error: GrpcCallError | None) -> None:
         if stream._partial and error is None:
-            error = GrpcCallError(INTERNAL, "the stream ended inside a gRPC message")
+            error = GrpcCallError(Status.INTERNAL, "the stream ended inside a gRPC message")
         if error is not None:
             stream._fail(error)
         else:
@@ -481,10 +507,10 @@ class H2Connection(asyncio.Protocol):
         """Open a stream, send the headers and one request message (with END_STREAM for a
         unary call, or left open for a bidirectional one)."""
         if not self.can_start():
-            raise GrpcCallError(UNAVAILABLE, "connection is not usable for new calls")
+            raise GrpcCallError(Status.UNAVAILABLE, "connection is not usable for new calls")
         block = self._header_block(path)
         if len(block) > self._peer_max_frame:
-            raise GrpcCallError(INTERNAL, "request headers larger than one frame")
+            raise GrpcCallError(Status.INTERNAL, "request headers larger than one frame")
         sid = self._next_id
         self._next_id += 2
         if self._next_id > _LAST_STREAM_ID:
@@ -540,13 +566,13 @@ class H2Connection(asyncio.Protocol):
     def _abort(self, reason: str) -> None:
         self.draining = True
         self._write(_frame(_GOAWAY, 0, 0, struct.pack(">II", 0, _PROTOCOL_ERROR)))
-        self._fail_all(GrpcCallError(UNAVAILABLE, reason))
+        self._fail_all(GrpcCallError(Status.UNAVAILABLE, reason))
         if self.transport is not None:
             self.transport.close()
 
     def close(self) -> None:
         self.draining = True
-        self._fail_all(GrpcCallError(UNAVAILABLE, "the client closed the connection"))
+        self._fail_all(GrpcCallError(Status.UNAVAILABLE, "the client closed the connection"))
         if self.transport is not None:
             self._write(_frame(_GOAWAY, 0, 0, struct.pack(">II", 0, _NO_ERROR)))
             self.transport.close()
@@ -558,17 +584,27 @@ def _text(value: str | bytes) -> str:
 
 def _reset_error(code: int) -> GrpcCallError:
     if code == _REFUSED_STREAM:
-        return GrpcCallError(UNAVAILABLE, "the server refused the stream")
+        return GrpcCallError(Status.UNAVAILABLE, "the server refused the stream")
     if code == _CANCEL:
-        return GrpcCallError(CANCELLED, "the server cancelled the stream")
-    return GrpcCallError(INTERNAL, f"the server reset the stream (HTTP/2 error code {code})")
+        return GrpcCallError(Status.CANCELLED, "the server cancelled the stream")
+    return GrpcCallError(Status.INTERNAL, f"the server reset the stream (HTTP/2 error code {code})")
 
 
-def _http_status_to_grpc(status: str) -> int:
+_HTTP_TO_GRPC = {
+    "400": Status.INTERNAL,
+    "401": Status.UNAUTHENTICATED,
+    "403": Status.PERMISSION_DENIED,
+    "404": Status.UNIMPLEMENTED,
+    "429": Status.UNAVAILABLE,
+    "502": Status.UNAVAILABLE,
+    "503": Status.UNAVAILABLE,
+    "504": Status.UNAVAILABLE,
+}
+
+
+def _http_status_to_grpc(status: str) -> Status:
     # gRPC's HTTP-to-status mapping (doc/http-grpc-status-mapping.md).
-    return {"400": INTERNAL, "401": 16, "403": 7, "404": 12, "429": UNAVAILABLE}.get(
-        status, UNAVAILABLE if status in ("502", "503", "504") else UNKNOWN
-    )
+    return _HTTP_TO_GRPC.get(status, Status.UNKNOWN)
 
 
 class GrpcChannel:
@@ -593,7 +629,7 @@ class GrpcChannel:
                 return conn
         self._conns = [c for c in self._conns if not c.closed]
         if self._closed:
-            raise GrpcCallError(UNAVAILABLE, "the channel is closed")
+            raise GrpcCallError(Status.UNAVAILABLE, "the channel is closed")
         # One connect at a time: a burst of first calls shares it.
         if self._connecting is None:
             self._connecting = asyncio.get_running_loop().create_task(self._connect())
@@ -606,7 +642,9 @@ class GrpcChannel:
         if not conn.can_start():
             # Full already (a burst larger than the server's stream limit) or lost at once.
             if conn.closed:
-                raise GrpcCallError(UNAVAILABLE, "the connection closed right after it opened")
+                raise GrpcCallError(
+                    Status.UNAVAILABLE, "the connection closed right after it opened"
+                )
             return await self._connection()
         return conn
 
@@ -621,7 +659,8 @@ class GrpcChannel:
             )
         except (OSError, TimeoutError) as exc:
             raise GrpcCallError(
-                UNAVAILABLE, f"cannot connect to {self.host}:{self.port}: {str(exc) or 'timeout'}"
+                Status.UNAVAILABLE,
+                f"cannot connect to {self.host}:{self.port}: {str(exc) or 'timeout'}",
             ) from None
         self._conns.append(conn)
         return conn
@@ -641,11 +680,13 @@ class GrpcChannel:
                 while (batch := await stream.read_batch()) is not None:
                     got.extend(batch)
         except TimeoutError:
-            raise GrpcCallError(DEADLINE_EXCEEDED, f"no answer within {timeout:g} s") from None
+            raise GrpcCallError(
+                Status.DEADLINE_EXCEEDED, f"no answer within {timeout:g} s"
+            ) from None
         finally:
             stream.cancel()
         if len(got) != 1:
-            raise GrpcCallError(INTERNAL, f"expected one response message, got {len(got)}")
+            raise GrpcCallError(Status.INTERNAL, f"expected one response message, got {len(got)}")
         return got[0]
 
     async def close(self) -> None:
