@@ -6,51 +6,21 @@ import argparse
 import os
 from typing import Any
 
-# flag -> ProxySettings field; every flag defaults to None so that TRTLLM_STACK_* env
-# variables and the built-in defaults apply when it is not given.
-_FLAGS: list[tuple[str, str, dict[str, Any], str]] = [
-    ("--triton-url", "triton_url", {}, "Triton gRPC address (default localhost:8001)"),
-    ("--triton-model", "triton_model", {}, "Triton model of the engine (default tensorrt_llm)"),
-    ("--model-name", "served_model_name", {}, "model id clients use (default qwen3)"),
-    ("--tokenizer-dir", "tokenizer_dir", {}, "tokenizer files (default: --engine-dir's)"),
-    ("--engine-dir", "engine_dir", {}, "engine directory; its tokenizer files are used"),
-    ("--host", "host", {}, "bind address (default 127.0.0.1; 0.0.0.0 opens it to the network)"),
-    ("--port", "port", {"type": int}, "port (default 9000)"),
-    ("--cors-origins", "cors_origins", {}, "comma-separated origins (default *; '' = off)"),
-    ("--max-in-flight", "max_in_flight", {"type": int}, "requests in flight before 429"),
-    ("--max-messages", "max_messages", {"type": int}, "messages per chat request (400)"),
-    ("--max-body-bytes", "max_body_bytes", {"type": int}, "request body limit (413)"),
-    ("--default-max-tokens", "default_max_tokens", {"type": int}, "when a request has none"),
-    ("--backend-timeout", "backend_timeout", {"type": float}, "seconds of backend silence"),
-    ("--send-timeout", "send_timeout", {"type": float}, "seconds a stalled client is kept"),
-    (
-        "--tool-call-streaming",
-        "tool_call_streaming",
-        {"choices": ["incremental", "buffered"]},
-        "stream a tool call's arguments as they arrive (incremental, default) or send each"
-        " call whole once complete (buffered: a broken call comes back as content)",
-    ),
-    ("--log-level", "log_level", {}, "uvicorn log level (default info)"),
-]
+# Set by the demo itself, or not a flag (the key is read from a file, not typed).
+_DEMO_FIXED = frozenset({"triton_url", "triton_model", "engine_dir"})
+_NOT_FLAGS = frozenset({"api_key"})
 
 
 def _add_proxy_flags(p: argparse.ArgumentParser, *, demo: bool) -> None:
-    for flag, dest, extra, help_text in _FLAGS:
-        if demo and dest in {"triton_url", "triton_model", "engine_dir"}:
-            continue
-        p.add_argument(flag, dest=dest, default=None, help=help_text, **extra)
+    from trtllm_stack.proxy.settings import ProxySettings
+    from trtllm_stack.proxy.settings_flags import add_settings_flags
+
+    add_settings_flags(p, ProxySettings, skip=_NOT_FLAGS | (_DEMO_FIXED if demo else set()))
     p.add_argument(
         "--api-key-file",
         default=None,
         help="file holding the API key clients must send as Bearer (or env"
         " TRTLLM_STACK_API_KEY); without one any key is accepted",
-    )
-    p.add_argument(
-        "--no-reasoning-parser",
-        dest="reasoning_parser",
-        action="store_false",
-        default=None,
-        help="leave <think>...</think> in content instead of reasoning_content",
     )
 
 
@@ -86,9 +56,9 @@ def _settings(args: argparse.Namespace, **fixed: Any) -> Any:
 
     from trtllm_stack.errors import UserError
     from trtllm_stack.proxy.settings import ProxySettings
+    from trtllm_stack.proxy.settings_flags import settings_values
 
-    values = {dest: getattr(args, dest, None) for _, dest, _, _ in _FLAGS}
-    values["reasoning_parser"] = args.reasoning_parser
+    values = settings_values(args, ProxySettings)
     if args.api_key_file:
         try:
             values["api_key"] = open(args.api_key_file, encoding="utf-8").read().strip()  # noqa: SIM115
@@ -98,7 +68,7 @@ def _settings(args: argparse.Namespace, **fixed: Any) -> Any:
             raise UserError(f"--api-key-file {args.api_key_file} is empty")
     values.update(fixed)
     try:
-        return ProxySettings(**{k: v for k, v in values.items() if v is not None})
+        return ProxySettings(**values)
     except ValidationError as exc:
         first = exc.errors()[0]
         field = ".".join(str(p) for p in first.get("loc", ())) or "settings"
@@ -174,7 +144,9 @@ def run_demo(args: argparse.Namespace) -> int:
     if args.token_delay_ms < 0:
         raise UserError("--token-delay-ms must be >= 0")
     tokenizer_dir = (
-        Path(args.tokenizer_dir) if args.tokenizer_dir else bundled_qwen3_tokenizer_dir()
+        Path(args.tokenizer_dir)
+        if getattr(args, "tokenizer_dir", None)
+        else bundled_qwen3_tokenizer_dir()
     )
     base = Path(tempfile.mkdtemp(prefix="trtllm-stack-demo-"))
     server: TritonServer | None = None

@@ -1,4 +1,7 @@
-"""Proxy settings: defaults, ``TRTLLM_STACK_*`` environment variables, CLI flags on top."""
+"""Proxy settings: defaults, ``TRTLLM_STACK_*`` environment variables, CLI flags on top.
+
+Each field is the whole definition of a setting: its ``--flag`` and help are generated from
+the type, default and description (proxy/settings_flags.py), so give every field one."""
 
 from __future__ import annotations
 
@@ -20,7 +23,11 @@ class ProxySettings(BaseSettings):
     triton_model: str = Field(
         default="tensorrt_llm", description="Triton model that runs the engine"
     )
-    served_model_name: str = Field(default="qwen3", description="model id clients ask for")
+    served_model_name: str = Field(
+        default="qwen3",
+        description="model id clients ask for (others get 404)",
+        json_schema_extra={"cli_flag": "--model-name"},
+    )
     tokenizer_dir: Path | None = Field(
         default=None,
         description="tokenizer files; default: the engine dir's, else the bundled Qwen3",
@@ -29,13 +36,23 @@ class ProxySettings(BaseSettings):
         default=None, description="engine dir (its tokenizer files are used)"
     )
     # Loopback by default: opening the API to the network is a decision the user makes (--host).
-    host: str = "127.0.0.1"
-    port: int = Field(default=9000, ge=0, le=65535)
-    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["*"])
-    api_key: SecretStr | None = None
-    max_in_flight: int = Field(default=512, ge=0, description="0 = unlimited; beyond it: 429")
-    max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
-    max_messages: int = Field(default=2048, ge=1)
+    host: str = Field(
+        default="127.0.0.1", description="bind address (0.0.0.0 opens it to the network)"
+    )
+    port: int = Field(default=9000, ge=0, le=65535, description="HTTP port")
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["*"], description="comma-separated CORS origins ('' = off)"
+    )
+    api_key: SecretStr | None = Field(
+        default=None, description="the Bearer key clients must send (none: any key)"
+    )
+    max_in_flight: int = Field(
+        default=512, ge=0, description="requests in flight before 429 (0 = unlimited)"
+    )
+    max_body_bytes: int = Field(
+        default=8 * 1024 * 1024, ge=1024, description="request body limit in bytes (413)"
+    )
+    max_messages: int = Field(default=2048, ge=1, description="messages per chat request (400)")
     default_max_tokens: int | None = Field(
         default=None,
         ge=1,
@@ -55,7 +72,7 @@ class ProxySettings(BaseSettings):
         description="incremental: a tool call's name, then its argument fragments as they"
         " arrive; buffered: each call whole once its block closed (a broken block: content)",
     )
-    log_level: str = "info"
+    log_level: str = Field(default="info", description="uvicorn log level")
 
     @field_validator("cors_origins", mode="before")
     @classmethod
