@@ -23,6 +23,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     src.add_argument("--checkpoint", type=Path, help="use this local HF checkpoint directory")
     src.add_argument("--revision", help="checkpoint revision instead of the pinned one")
     b.add_argument("--workdir", type=Path, help="where the temporary TensorRT-LLM checkpoint goes")
+    b.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print every step (download, conversion, the trtllm-build argv, verification)"
+        " one a line and exit; needs no GPU and no TensorRT-LLM",
+    )
+    b.add_argument(
+        "--gemm-plugin",
+        default="disable",
+        choices=["disable", "nvfp4", "auto"],
+        help="trtllm-build --gemm_plugin (default disable: the path TensorRT-LLM's own"
+        " pre-quantized NVFP4/FP8 tests build; nvfp4 is the plugin path their test skips)",
+    )
+    b.add_argument(
+        "--kv-cache-quant",
+        default="checkpoint",
+        choices=["checkpoint", "none"],
+        help="KV-cache quantization: the checkpoint's (FP8) or none (BF16, twice the KV memory;"
+        " for FP8-KV builds that fail, see docs/engine.md)",
+    )
     b.set_defaults(handler=_build)
 
     v = subparsers.add_parser(
@@ -39,11 +59,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _build(args: argparse.Namespace) -> int:
-    from trtllm_stack.engine.build import build_engine
+    from trtllm_stack.engine.build import BuildOptions, build_engine, plan_lines
     from trtllm_stack.variants import load_table
 
     table = load_table()
     variant = table.get(args.variant)
+    options = BuildOptions(gemm_plugin=args.gemm_plugin, kv_cache_quant=args.kv_cache_quant)
+    if args.dry_run:
+        for line in plan_lines(
+            table,
+            variant,
+            args.out,
+            checkpoint_dir=args.checkpoint,
+            revision=args.revision,
+            workdir=args.workdir,
+            options=options,
+        ):
+            print(line)
+        return 0
     build_engine(
         table,
         variant,
@@ -51,6 +84,7 @@ def _build(args: argparse.Namespace) -> int:
         checkpoint_dir=args.checkpoint,
         revision=args.revision,
         workdir=args.workdir,
+        options=options,
     )
     return 0
 
@@ -71,6 +105,8 @@ def _verify(args: argparse.Namespace) -> int:
         print(f"engine {engine_dir}: OK for {variant.name}")
         for fact in report.facts:
             print(f"  {fact}")
+        for warning in report.warnings:
+            print(f"  warning: {warning}")
     if args.smoke is not None:
         results = smoke.run_smoke(args.smoke, args.model)
         smoke.check_smoke_or_raise(results)

@@ -131,6 +131,33 @@ def _missing_reason(checkpoint_dir: Path) -> str:
     return "missing, and there is no config.json either: not a Hugging Face checkpoint"
 
 
+# What examples/quantization/quantize.py --qformat fp8 --kv_cache_dtype fp8 exports: per-tensor
+# FP8 weights and activations, FP8 KV cache, lm_head left unquantized (quantize_lm_head=False).
+MODELOPT_FP8_SPEC = QuantSpec(
+    quant_algo="FP8",
+    kv_cache_quant_algo="FP8",
+    group_size=None,
+    exclude_modules=("lm_head",),
+    source="ModelOpt FP8 calibration of the BF16 checkpoint (quantize_and_export)",
+)
+
+
+def with_kv_cache(spec: QuantSpec, kv_cache_quant: str) -> QuantSpec:
+    """``checkpoint`` keeps the checkpoint's KV-cache algorithm; ``none`` builds a BF16 KV cache
+    (twice the memory per token; the switch for builds where FP8 KV fails, see docs/engine.md)."""
+    if kv_cache_quant == "checkpoint":
+        return spec
+    if kv_cache_quant == "none":
+        return QuantSpec(
+            quant_algo=spec.quant_algo,
+            kv_cache_quant_algo=None,
+            group_size=spec.group_size,
+            exclude_modules=spec.exclude_modules,
+            source=f"{spec.source} (KV cache overridden to BF16 by --kv-cache-quant none)",
+        )
+    raise UserError(f"--kv-cache-quant must be 'checkpoint' or 'none', got {kv_cache_quant!r}")
+
+
 def check_matches_variant(spec: QuantSpec, quantization: str) -> None:
     if spec.quant_algo != quantization:
         raise UserError(

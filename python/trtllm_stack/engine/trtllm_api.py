@@ -5,7 +5,8 @@ Each call and flag was checked against TensorRT-LLM's Python source (NVIDIA/Tens
 versions 1.x around the pinned 1.1.0; the file and function are cited at each call). The
 pinned version itself is checked at run time by :func:`require_version`.
 
-Tests replace :func:`convert_rank` and :func:`run_trtllm_build` with fakes.
+Tests replace :func:`convert_rank`, :func:`quantize_with_modelopt` and :func:`run_trtllm_build`
+with fakes.
 """
 
 from __future__ import annotations
@@ -100,6 +101,58 @@ def convert_rank(
     # save_config=True) writes rank{rank}.safetensors and config.json; ranks share one config.
     model.save_checkpoint(str(checkpoint_out), save_config=(rank == 0))
     del model
+    gc.collect()
+
+
+# Calibration settings of the FP8 build: the defaults of TensorRT-LLM's own
+# examples/quantization/quantize.py argparse (--calib_dataset cnn_dailymail, --calib_size 512,
+# --batch_size 1, --calib_max_seq_length 512, --tokenizer_max_seq_length 2048, --seed 1234,
+# --awq_block_size 128, --device cuda, --device_map auto), which that script passes on to
+# quantize_and_export. cnn_dailymail is fetched from the Hugging Face hub by
+# quantize_by_modelopt.get_calib_dataloader.
+MODELOPT_CALIBRATION: dict[str, object] = {
+    "device": "cuda",
+    "device_map": "auto",
+    "dtype": "auto",
+    "calib_dataset": "cnn_dailymail",
+    "calib_size": 512,
+    "batch_size": 1,
+    "calib_max_seq_length": 512,
+    "tokenizer_max_seq_length": 2048,
+    "awq_block_size": 128,
+    "seed": 1234,
+}
+
+
+def quantize_with_modelopt(
+    model_dir: Path,
+    checkpoint_out: Path,
+    *,
+    tp: int,
+    qformat: str,
+    kv_cache_dtype: str | None,
+) -> None:
+    """Calibrate and quantize a BF16 HF checkpoint with ModelOpt and write a TensorRT-LLM
+    checkpoint for all ``tp`` ranks (config.json + rank{k}.safetensors).
+
+    tensorrt_llm/quantization/quantize_by_modelopt.py: ``quantize_and_export(*, model_dir,
+    device, calib_dataset, dtype, qformat, kv_cache_dtype, calib_size, batch_size,
+    calib_max_seq_length, awq_block_size, output_dir, tp_size, pp_size, cp_size, seed,
+    tokenizer_max_seq_length, ..., device_map="auto", quantize_lm_head=False)``, the function
+    examples/quantization/quantize.py calls.
+    """
+    from tensorrt_llm.quantization.quantize_by_modelopt import quantize_and_export
+
+    quantize_and_export(
+        model_dir=str(model_dir),
+        qformat=qformat,
+        kv_cache_dtype=kv_cache_dtype,
+        output_dir=str(checkpoint_out),
+        tp_size=tp,
+        pp_size=1,
+        cp_size=1,
+        **MODELOPT_CALIBRATION,
+    )
     gc.collect()
 
 

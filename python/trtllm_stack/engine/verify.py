@@ -78,6 +78,7 @@ class Report:
     engine_dir: Path
     problems: list[str] = field(default_factory=list)
     facts: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -184,8 +185,66 @@ def _check_config(
         tp_size = mapping.get("tp_size") if isinstance(mapping, dict) else None
         if tp_size is not None and tp_size != variant.tp:
             bad(f"config.json mapping.tp_size: expected {variant.tp}, found {tp_size}")
+    if isinstance(config.get("build_config"), dict):
+        _check_limits(config["build_config"], variant, report)
     if not report.problems:
         report.facts.append(f"config: version {version}, quant_algo {algo}, world_size {world}")
+
+
+def _int_field(build: dict[str, Any], key: str) -> int | None:
+    value = build.get(key)
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _check_limits(build: dict[str, Any], variant: Variant, report: Report) -> None:
+    """The engine must take the prompts, contexts and batch the variant promises.
+
+    build_config.max_input_len is what model-repo (and so the preprocessing model and the
+    proxy) enforce, and trtllm-build stores its default 1024 when --max_input_len is not given
+    (tensorrt_llm/builder.py ``class BuildConfig``): such an engine refuses every longer prompt.
+    """
+    bad = report.problems.append
+    rebuild = f"rebuild it with `trtllm-stack build-engine --variant {variant.name}`"
+    max_input = _int_field(build, "max_input_len")
+    max_seq = _int_field(build, "max_seq_len")
+    max_batch = _int_field(build, "max_batch_size")
+    max_tokens = _int_field(build, "max_num_tokens")
+    if max_input is None or max_input < variant.max_input_len:
+        bad(
+            f"config.json build_config.max_input_len is {max_input}, but {variant.name} promises"
+            f" prompts of up to {variant.max_input_len} tokens (max_seq_len"
+            f" {variant.max_seq_len} - 1): this engine refuses longer prompts; {rebuild}"
+        )
+    if max_seq is None or max_seq < variant.max_seq_len:
+        bad(
+            f"config.json build_config.max_seq_len is {max_seq}, but {variant.name} promises a"
+            f" {variant.max_seq_len}-token context; {rebuild}"
+        )
+    elif max_seq > variant.max_seq_len:
+        report.warnings.append(
+            f"build_config.max_seq_len is {max_seq}, more than the variant's"
+            f" {variant.max_seq_len}: its KV cache may not fit the memory the variant plans for"
+        )
+    if max_batch is None or max_batch < variant.max_batch_size:
+        bad(
+            f"config.json build_config.max_batch_size is {max_batch}, but {variant.name} runs"
+            f" {variant.max_batch_size} requests at once; {rebuild}"
+        )
+    elif max_batch > variant.max_batch_size:
+        report.warnings.append(
+            f"build_config.max_batch_size is {max_batch}, more than the variant's"
+            f" {variant.max_batch_size}; the model repository uses the engine's value"
+        )
+    if max_tokens is not None and max_tokens != variant.max_num_tokens:
+        report.warnings.append(
+            f"build_config.max_num_tokens is {max_tokens}, the variant's is"
+            f" {variant.max_num_tokens}"
+        )
+    if not any(variant.name in p for p in report.problems):
+        report.facts.append(
+            f"limits: max_input_len {max_input}, max_seq_len {max_seq}, max_batch_size"
+            f" {max_batch}, max_num_tokens {max_tokens}"
+        )
 
 
 def _check_rank_files(engine_dir: Path, variant: Variant, report: Report) -> None:

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from trtllm_stack.proxy import request_limits
 from trtllm_stack.proxy.engine import Engine
 from trtllm_stack.proxy.errors import (
     BackendUnavailable,
@@ -32,6 +33,7 @@ from trtllm_stack.proxy.errors import (
 )
 from trtllm_stack.proxy.metrics import ProxyMetrics
 from trtllm_stack.proxy.protocol import ChatCompletionRequest, CompletionRequest
+from trtllm_stack.proxy.replicas import ReplicaCollector, ReplicaPool, RoutingPolicy
 from trtllm_stack.proxy.serving_base import ServingContext
 from trtllm_stack.proxy.serving_chat import ChatService
 from trtllm_stack.proxy.serving_completions import CompletionService
@@ -140,6 +142,34 @@ def _too_large(size: int, limit: int) -> PayloadTooLarge:
     return PayloadTooLarge(f"request body of {size}+ bytes exceeds the limit of {limit} bytes")
 
 
+def _open_engine(settings: ProxySettings) -> Engine:
+    """One Triton: its client, as before. Several: a pool routing between them."""
+    urls = settings.triton_urls()
+    if len(urls) == 1:
+        from trtllm_stack.triton.client import EngineClient
+
+        return EngineClient(urls[0], settings.triton_model)
+    policy = RoutingPolicy(
+        block_tokens=settings.prefix_affinity_tokens,
+        balance_ratio=settings.affinity_balance_ratio,
+        balance_slack=settings.affinity_balance_slack,
+        health_interval=settings.replica_health_interval,
+    )
+    return ReplicaPool(urls, settings.triton_model, policy)
+
+
+async def _pool_ready(pool: ReplicaPool) -> Response:
+    """200 while at least one replica is ready; the body lists every replica."""
+    replicas = await pool.check_all()
+    n_ready = sum(r["ready"] for r in replicas)
+    if n_ready:
+        return json_response(
+            200, {"status": "ready", "replicas_ready": n_ready, "replicas": replicas}
+        )
+    err = BackendUnavailable(f"none of the {len(replicas)} Triton replicas is ready")
+    return json_response(err.status, {**err.body(), "replicas": replicas})
+
+
 def create_app(
     settings: ProxySettings | None = None,
     *,
@@ -158,9 +188,10 @@ def create_app(
     metrics = ProxyMetrics()
     own_engine = engine is None
     if engine is None:
-        from trtllm_stack.triton.client import EngineClient
-
-        engine = EngineClient(settings.triton_url, settings.triton_model)
+        engine = _open_engine(settings)
+    pool = engine if isinstance(engine, ReplicaPool) else None
+    if pool is not None:
+        metrics.registry.register(ReplicaCollector(pool))
     ctx = ServingContext(settings, engine, tokenizer, metrics)
     chat = ChatService(ctx)
     completions = CompletionService(ctx)
@@ -206,6 +237,8 @@ def create_app(
 
     @app.get("/health/ready")
     async def ready() -> Response:
+        if pool is not None:
+            return await _pool_ready(pool)
         if await ctx.engine.is_ready():
             return json_response(200, {"status": "ready"})
         return error_response(
@@ -228,10 +261,14 @@ def create_app(
 
     @app.post("/v1/chat/completions", openapi_extra=_body_schema(ChatCompletionRequest))
     async def chat_completions(request: Request) -> Response:
-        return await chat.handle(request, await parse_body(request, ChatCompletionRequest))
+        body = await parse_body(request, ChatCompletionRequest)
+        request_limits.check_chat(body, settings)
+        return await chat.handle(request, body)
 
     @app.post("/v1/completions", openapi_extra=_body_schema(CompletionRequest))
     async def text_completions(request: Request) -> Response:
-        return await completions.handle(request, await parse_body(request, CompletionRequest))
+        body = await parse_body(request, CompletionRequest)
+        request_limits.check_completion(body, settings)
+        return await completions.handle(request, body)
 
     return app

@@ -48,6 +48,12 @@ def register(subparsers: Any) -> None:
         default=20.0,
         help="simulated time per generated token (default 20)",
     )
+    d.add_argument(
+        "--replicas",
+        type=int,
+        default=1,
+        help="tritonservers (scripted engine copies) behind the one proxy (default 1)",
+    )
     d.set_defaults(handler=run_demo)
 
 
@@ -139,17 +145,19 @@ def run_demo(args: argparse.Namespace) -> int:
     from trtllm_stack.errors import UserError
     from trtllm_stack.tokenizer import bundled_qwen3_tokenizer_dir
     from trtllm_stack.triton.model_repo import ScriptedEngineOptions, write_model_repository
-    from trtllm_stack.triton.server import TritonServer
+    from trtllm_stack.triton.replica_set import ReplicaSet
 
     if args.token_delay_ms < 0:
         raise UserError("--token-delay-ms must be >= 0")
+    if not 1 <= args.replicas <= 16:
+        raise UserError("--replicas must be between 1 and 16")
     tokenizer_dir = (
         Path(args.tokenizer_dir)
         if getattr(args, "tokenizer_dir", None)
         else bundled_qwen3_tokenizer_dir()
     )
     base = Path(tempfile.mkdtemp(prefix="trtllm-stack-demo-"))
-    server: TritonServer | None = None
+    servers: ReplicaSet | None = None
     try:
         print(f"building the scripted-engine model repository in {base} ...", flush=True)
         repo = write_model_repository(
@@ -158,17 +166,23 @@ def run_demo(args: argparse.Namespace) -> int:
             tokenizer_dir=tokenizer_dir,
             scripted=ScriptedEngineOptions(token_delay_ms=args.token_delay_ms),
         )
-        server = TritonServer(repo, log_path=base / "tritonserver.log")
-        print("starting tritonserver (CPU) ...", flush=True)
-        endpoints = server.start()
-        settings = _settings(args, triton_url=endpoints.grpc_url, tokenizer_dir=tokenizer_dir)
+        servers = ReplicaSet(repo, args.replicas, base)
+        print(f"starting {args.replicas} tritonserver(s) (CPU) ...", flush=True)
+        servers.start()
+        settings = _settings(args, triton_url=servers.grpc_urls, tokenizer_dir=tokenizer_dir)
         host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
         key = settings.api_key.get_secret_value() if settings.api_key else None
         print(_demo_banner(f"http://{host}:{settings.port}", settings.served_model_name, key))
+        if args.replicas > 1:
+            print(
+                f"{args.replicas} replicas ({settings.triton_url}); each one's state:"
+                f" http://{host}:{settings.port}/health/ready\n",
+                flush=True,
+            )
         _serve(settings)
     finally:
-        if server is not None:
-            server.stop()
+        if servers is not None:
+            servers.stop()
         if os.environ.get("TRTLLM_STACK_DEMO_KEEP") != "1":
             shutil.rmtree(base, ignore_errors=True)
     return 0

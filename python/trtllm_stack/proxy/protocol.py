@@ -7,7 +7,7 @@ plain dicts / pre-serialised bytes in the serving modules, not as models.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -17,7 +17,9 @@ _INT32_MAX = 2**31 - 1
 
 
 class _Tolerant(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    # strict: "5", true and "yes" are not numbers or booleans, as in OpenAI's API (lax
+    # pydantic would coerce them); JSON integers still fill float fields.
+    model_config = ConfigDict(extra="allow", strict=True)
 
 
 class TextPart(_Tolerant):
@@ -90,6 +92,8 @@ class _SamplingRequest(_Tolerant):
     min_tokens: int | None = Field(default=None, ge=0, le=_INT32_MAX)
     stop: str | list[str] | None = None
     n: int | None = Field(default=1, ge=1, le=128)
+    # Not applied by this engine; typed and bounded (request_limits) so that it costs nothing.
+    logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100)]] | None = None
 
     @field_validator("stop")
     @classmethod

@@ -19,7 +19,11 @@ class ProxySettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="TRTLLM_STACK_", extra="ignore")
 
-    triton_url: str = Field(default="localhost:8001", description="Triton gRPC address (host:port)")
+    triton_url: str = Field(
+        default="localhost:8001",
+        description="Triton gRPC address (host:port); several, comma-separated, are"
+        " data-parallel replicas behind this one endpoint",
+    )
     triton_model: str = Field(
         default="tensorrt_llm", description="Triton model that runs the engine"
     )
@@ -53,6 +57,24 @@ class ProxySettings(BaseSettings):
         default=8 * 1024 * 1024, ge=1024, description="request body limit in bytes (413)"
     )
     max_messages: int = Field(default=2048, ge=1, description="messages per chat request (400)")
+    # Cost bounds checked before any prompt work (proxy/request_limits.py): each is a 400
+    # naming the limit and this setting. Defaults leave every request an engine with a
+    # 128k-token context can serve well inside them.
+    max_stop_chars: int = Field(
+        default=1024, ge=1, description="characters per stop string (400 beyond)"
+    )
+    max_prompt_chars: int = Field(
+        default=1_000_000,
+        ge=1,
+        description="characters of prompt text across all fields: message content, names,"
+        " ids, tool-call arguments, tool definitions, tool_choice, template kwargs (400)",
+    )
+    max_tools: int = Field(default=128, ge=0, description="tools per request (OpenAI's limit)")
+    max_tool_chars: int = Field(
+        default=65_536, ge=1, description="characters of one tool definition as JSON (400)"
+    )
+    max_logit_bias: int = Field(default=300, ge=0, description="logit_bias entries (400)")
+    max_n: int = Field(default=16, ge=1, description="choices per request, n (400 beyond)")
     default_max_tokens: int | None = Field(
         default=None,
         ge=1,
@@ -73,6 +95,41 @@ class ProxySettings(BaseSettings):
         " arrive; buffered: each call whole once its block closed (a broken block: content)",
     )
     log_level: str = Field(default="info", description="uvicorn log level")
+    # Several Triton addresses (see proxy/replicas.py for the routing rules).
+    replica_health_interval: float = Field(
+        default=0.5, gt=0, description="seconds between health checks of each replica"
+    )
+    prefix_affinity_tokens: int = Field(
+        default=64,
+        ge=0,
+        description="prompt block size (tokens) for prefix affinity; 0 = least-loaded only",
+    )
+    affinity_balance_ratio: float = Field(
+        default=1.25,
+        ge=1.0,
+        description="a request follows its prefix's replica while that replica has at most"
+        " max(least + slack, ratio * least) requests in flight",
+    )
+    affinity_balance_slack: int = Field(
+        default=2, ge=0, description="absolute part of that bound (see affinity_balance_ratio)"
+    )
+
+    @field_validator("triton_url")
+    @classmethod
+    def _check_urls(cls, value: str) -> str:
+        from trtllm_stack.triton.grpc_wire import split_target
+
+        urls = [u.strip() for u in value.split(",") if u.strip()]
+        if not urls:
+            raise ValueError("no Triton address given")
+        for url in urls:
+            split_target(url)
+        if len(set(urls)) != len(urls):
+            raise ValueError("the same Triton address is listed twice")
+        return ",".join(urls)
+
+    def triton_urls(self) -> list[str]:
+        return self.triton_url.split(",")
 
     @field_validator("cors_origins", mode="before")
     @classmethod

@@ -122,8 +122,13 @@ def render_repository(
     variant: Variant | None = None,
     scripted: ScriptedEngineOptions | None = None,
     options: RepoOptions | None = None,
+    stub_env: Path | None = None,
 ) -> dict[str, str]:
-    """All files of the repository as {relative path: text}; no I/O besides reading inputs."""
+    """All files of the repository as {relative path: text}; no I/O besides reading inputs.
+
+    ``stub_env``: the Python execution environment (triton/python_env.py) every Python
+    model's stub runs in, as its ``EXECUTION_ENV_PATH`` parameter.
+    """
     options = options or RepoOptions()
     is_scripted = str(engine) == "scripted"
     max_input = options.max_input_len
@@ -181,6 +186,14 @@ def render_repository(
             _models().joinpath(name, "model.py").read_text(encoding="utf-8")
         )
     files[f"{T.ENSEMBLE_MODEL}/1/.keep"] = ""
+    if stub_env is not None:
+        python_models = [T.PREPROCESSING_MODEL, T.POSTPROCESSING_MODEL]
+        if is_scripted:
+            python_models.append(T.ENGINE_MODEL)
+        for name in python_models:
+            # python_backend src/python_be.cc reads EXECUTION_ENV_PATH from the model's
+            # parameters; a top-level repeated field may come last in protobuf text.
+            files[f"{name}/config.pbtxt"] += "\n" + _parameter("EXECUTION_ENV_PATH", str(stub_env))
     return files
 
 
@@ -193,8 +206,15 @@ def write_model_repository(
     scripted: ScriptedEngineOptions | None = None,
     options: RepoOptions | None = None,
     force: bool = False,
+    stub_env: Path | None = None,
 ) -> Path:
-    """Write the repository atomically (temp dir + rename); refuse a non-empty target."""
+    """Write the repository atomically (temp dir + rename); refuse a non-empty target.
+
+    The scripted engine's repository runs every Python model in this interpreter's
+    execution environment unless ``stub_env`` names another (triton/python_env.py). A real
+    engine's repository gets one only when ``stub_env`` is given: in the NGC image the
+    stubs run the image's Python, which the host cannot describe.
+    """
     out = Path(out)
     if str(engine) != "scripted" and not Path(engine).is_dir():
         raise UserError(f"engine {str(engine)!r} is neither 'scripted' nor a directory")
@@ -204,12 +224,17 @@ def write_model_repository(
         raise UserError(f"{out} exists and is not a directory")
     if out.is_dir() and any(out.iterdir()) and not force:
         raise UserError(f"{out} is not empty; pass --force to replace it")
+    if stub_env is None and str(engine) == "scripted":
+        from trtllm_stack.triton.python_env import write_execution_env
+
+        stub_env = write_execution_env()
     files = render_repository(
         engine=engine,
         tokenizer_dir=Path(tokenizer_dir).resolve(),
         variant=variant,
         scripted=scripted,
         options=options,
+        stub_env=stub_env,
     )
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))

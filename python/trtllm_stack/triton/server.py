@@ -1,32 +1,38 @@
 """Run the ``tritonserver`` binary on a model repository and wait until it is ready.
 
 On a machine without a GPU the binary and the Python backend come from the
-``nvidia-pytriton`` wheel (Triton 2.51, CPU). Two needs of that setup:
+``nvidia-pytriton`` wheel (Triton 2.51, CPU). Three needs of that setup:
 - the Python backend stub must load *this* interpreter's libpython, so LD_LIBRARY_PATH
   starts with ``sysconfig.get_config_var("LIBDIR")`` (else it finds the system libpython);
 - ``--backend-directory`` must hold ``python/`` with libtriton_python.so, the utils module
-  and the stub built for this Python version; we assemble it from symlinks.
+  and the stub built for this Python version; we assemble it from symlinks, in a directory
+  of its own per stub (python_env.state_dir());
+- the stub's embedded Python must see this interpreter's packages: the model repository
+  names an execution environment for that (python_env.py, EXECUTION_ENV_PATH).
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import hashlib
 import os
 import signal
 import socket
 import subprocess
 import sys
 import sysconfig
-import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 from trtllm_stack.errors import UserError
+from trtllm_stack.triton.python_env import state_dir, symlink
 
 
 @dataclass(frozen=True)
@@ -79,7 +85,9 @@ def cpu_tritonserver(backend_root: Path | None = None) -> CpuTriton:
         if not path.exists():
             raise UserError(f"nvidia-pytriton install is incomplete: {path} missing")
     if backend_root is None:
-        backend_root = Path(tempfile.gettempdir()) / f"trtllm-stack-backends-py{version}"
+        # One directory per stub: runs from other environments never rewrite these links.
+        key = hashlib.sha256(str(stub.resolve()).encode()).hexdigest()[:12]
+        backend_root = state_dir() / f"backends-py{version}-{key}"
     python_dir = backend_root / "python"
     python_dir.mkdir(parents=True, exist_ok=True)
     for src in (
@@ -87,23 +95,39 @@ def cpu_tritonserver(backend_root: Path | None = None) -> CpuTriton:
         backend_src / "triton_python_backend_utils.py",
         stub,
     ):
-        link = python_dir / src.name
-        if not link.exists() or link.resolve() != src.resolve():
-            tmp = python_dir / f".{src.name}.{os.getpid()}"
-            tmp.unlink(missing_ok=True)
-            tmp.symlink_to(src)
-            tmp.replace(link)
+        symlink(python_dir / src.name, src)
+    # The stub links libpython dynamically: this interpreter's, not the first on the
+    # loader path. (Its packages come from EXECUTION_ENV_PATH, see python_env.py.)
     libdir = sysconfig.get_config_var("LIBDIR") or ""
     env = {
         "LD_LIBRARY_PATH": os.pathsep.join(
             p for p in (libdir, os.environ.get("LD_LIBRARY_PATH", "")) if p
         ),
-        # The stub imports our package (scripted engine, pre/postprocessing).
-        "PYTHONPATH": os.pathsep.join(
-            p for p in (str(Path(__file__).parents[2]), os.environ.get("PYTHONPATH", "")) if p
-        ),
     }
     return CpuTriton(binary=binary, backend_dir=backend_root, env=env)
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:  # preexec_fn: runs in the child between fork and exec
+    """SIGTERM this process when its parent dies (even by SIGKILL)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+
+
+def _end_group_when_dead(proc: subprocess.Popen[bytes]) -> None:
+    """Reap tritonserver as soon as it dies, then end what is left of its process group.
+
+    A Python backend stub only checks ``kill(parent_pid, 0) == 0`` (python_backend r24.10
+    src/pb_stub.cc:2046-2049), which stays true while a dead tritonserver is an unreaped
+    zombie: without this a SIGKILLed tritonserver's stubs run until this process exits.
+    """
+    with contextlib.suppress(ChildProcessError, OSError):
+        os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)  # wait, but leave it to Popen
+    proc.poll()
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
 
 
 class TritonServer:
@@ -119,8 +143,11 @@ class TritonServer:
         metrics_port: int = 0,
         log_path: Path | None = None,
         extra_args: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
     ) -> None:
+        """``env``: the environment to start from (default: this process's)."""
         self.model_repository = Path(model_repository)
+        self.base_env = dict(os.environ if env is None else env)
         self.host = host
         self.endpoints = TritonEndpoints(
             host,
@@ -157,17 +184,25 @@ class TritonServer:
 
     def start(self, timeout: float = 120.0) -> TritonEndpoints:
         cpu = cpu_tritonserver()
-        env = {**os.environ, **cpu.env}
+        env = {**self.base_env, **cpu.env}
         if self.log_path is not None:
             self._log_file = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         out = self._log_file or subprocess.DEVNULL
         self._proc = subprocess.Popen(
             self.command(cpu),
             env=env,
+            stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group: stop() reaches the stubs too
+            # PR_SET_PDEATHSIG fires when the forking *thread* ends: only from the main one.
+            preexec_fn=die_with_parent
+            if threading.current_thread() is threading.main_thread()
+            else None,
         )
+        threading.Thread(
+            target=_end_group_when_dead, args=(self._proc,), name="triton-reaper", daemon=True
+        ).start()
         deadline = time.monotonic() + timeout
         url = f"{self.endpoints.http_url}/v2/health/ready"
         while time.monotonic() < deadline:

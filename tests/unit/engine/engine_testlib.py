@@ -13,6 +13,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import trtllm_engine_fixture
+
+from trtllm_stack.engine.build import trtllm_build_args
 from trtllm_stack.engine.verify import expected_rank_bytes
 from trtllm_stack.tokenizer import bundled_qwen3_tokenizer_dir
 from trtllm_stack.variants import Variant
@@ -46,37 +49,20 @@ HF_QWEN3_CONFIG = {
 
 
 def engine_config(
-    variant: Variant, *, version: str | None = "1.1.0", quant_algo: str | None = "same"
+    variant: Variant,
+    *,
+    version: str | None = "1.1.0",
+    quant_algo: str | None = "same",
+    argv: list[str] | None = None,
 ) -> dict[str, Any]:
+    """config.json as trtllm-build writes it for the flags build-engine passes (or ``argv``)."""
     algo = variant.quantization if quant_algo == "same" else quant_algo
-    config: dict[str, Any] = {
-        "pretrained_config": {
-            "architecture": variant.model.architecture,
-            "dtype": "bfloat16",
-            "vocab_size": variant.model.vocab_size,
-            "hidden_size": variant.model.hidden_size,
-            "quantization": {
-                "quant_algo": algo,
-                "kv_cache_quant_algo": "FP8" if algo else None,
-                "group_size": 16,
-                "exclude_modules": ["lm_head"],
-            },
-            "mapping": {
-                "world_size": variant.tp,
-                "tp_size": variant.tp,
-                "pp_size": 1,
-                "gpus_per_node": 8,
-            },
-        },
-        "build_config": {
-            "max_batch_size": variant.max_batch_size,
-            "max_seq_len": variant.max_seq_len,
-            "max_num_tokens": variant.max_num_tokens,
-            "plugin_config": {"gemm_plugin": "nvfp4", "paged_kv_cache": True},
-        },
-    }
-    if version is not None:
-        config = {"version": version, **config}
+    flags = argv or trtllm_build_args(variant, Path("/ckpt"), Path("/out"))
+    config = trtllm_engine_fixture.engine_config(
+        flags, world_size=variant.tp, quant_algo=algo, version=version or "1.1.0"
+    )
+    if version is None:
+        del config["version"]
     return config
 
 

@@ -17,8 +17,10 @@ from engine_testlib import (
 
 from trtllm_stack.engine import build as build_mod
 from trtllm_stack.engine.build import (
+    BuildOptions,
     build_engine,
     copy_tokenizer_files,
+    plan_lines,
     trtllm_build_args,
 )
 from trtllm_stack.engine.verify import MANIFEST_FILE, expected_rank_bytes
@@ -42,6 +44,7 @@ class FakeTrtllm:
         return types.SimpleNamespace(
             require_version=self.require_version,
             convert_rank=self.convert_rank,
+            quantize_with_modelopt=self.quantize_with_modelopt,
             run_trtllm_build=self.run_trtllm_build,
         )
 
@@ -59,6 +62,12 @@ class FakeTrtllm:
         if rank == 0:
             (Path(checkpoint_out) / "config.json").write_text("{}")
 
+    def quantize_with_modelopt(self, model_dir, checkpoint_out, *, tp, qformat, kv_cache_dtype):
+        self.calls.append(("quantize", tp, qformat, kv_cache_dtype))
+        for rank in range(tp):
+            sparse_file(Path(checkpoint_out) / f"rank{rank}.safetensors", 100)
+        (Path(checkpoint_out) / "config.json").write_text("{}")
+
     def run_trtllm_build(self, args, log):
         self.calls.append(("build", args))
         out = Path(args[args.index("--output_dir") + 1])
@@ -68,7 +77,8 @@ class FakeTrtllm:
             raise UserError("trtllm-build exited with status 1; last output: CUDA out of memory")
         variant = self.variant
         out.mkdir(exist_ok=True)
-        config = engine_config(variant, quant_algo=self.quant_algo)
+        # What trtllm-build writes for exactly the flags it was given.
+        config = engine_config(variant, quant_algo=self.quant_algo, argv=args)
         (out / "config.json").write_text(json.dumps(config))
         size = self.rank_bytes or expected_rank_bytes(variant).nominal
         for r in range(variant.tp):
@@ -224,11 +234,98 @@ def test_trtllm_build_flags_follow_the_variant_table(variant):
         "--workers": str(variant.tp),
         "--kv_cache_type": "paged",
         "--use_paged_context_fmha": "enable",
-        "--gemm_plugin": "auto",
+        "--gemm_plugin": "disable",
         "--max_batch_size": str(variant.max_batch_size),
+        "--max_input_len": str(variant.max_seq_len - 1),
         "--max_num_tokens": str(variant.max_num_tokens),
         "--max_seq_len": str(variant.max_seq_len),
     }
+
+
+def test_gemm_plugin_switch_and_bad_values():
+    variant = TABLE.get("qwen3-32b-nvfp4-tp2")
+    args = trtllm_build_args(variant, Path("/c"), Path("/o"), BuildOptions(gemm_plugin="nvfp4"))
+    assert args[args.index("--gemm_plugin") + 1] == "nvfp4"
+    with pytest.raises(UserError, match="--gemm-plugin must be one of disable, nvfp4, auto"):
+        BuildOptions(gemm_plugin="fp8")
+    with pytest.raises(UserError, match="--kv-cache-quant must be one of checkpoint, none"):
+        BuildOptions(kv_cache_quant="int8")
+
+
+def test_fp8_variant_quantizes_the_bf16_checkpoint_with_modelopt(tmp_path):
+    ckpt = make_hf_checkpoint(tmp_path / "bf16", None)
+    fake = FakeTrtllm()
+    out, _ = run(tmp_path, ckpt, "qwen3-32b-fp8-tp2", fake)
+    kinds = [c[0] for c in fake.calls]
+    assert kinds == ["require_version", "quantize", "build"]
+    assert fake.calls[1] == ("quantize", 2, "fp8", "fp8")
+    manifest = json.loads((out / MANIFEST_FILE).read_text())
+    assert manifest["quantization"]["quant_algo"] == "FP8"
+    assert "ModelOpt" in manifest["quantization"]["source"]
+
+
+def test_fp8_variant_with_a_modelopt_export_converts_it_instead(tmp_path):
+    ckpt = make_hf_checkpoint(tmp_path / "fp8", FP8_QUANT_CONFIG)
+    fake = FakeTrtllm()
+    run(tmp_path, ckpt, "qwen3-32b-fp8-tp1", fake)
+    assert [c[0] for c in fake.calls] == ["require_version", "convert", "build"]
+
+
+def test_kv_cache_quant_none_converts_with_bf16_kv(tmp_path, nvfp4_ckpt):
+    fake = FakeTrtllm()
+    variant = TABLE.get("qwen3-32b-nvfp4-tp1")
+    fake.variant = variant
+    seen = []
+    orig = fake.convert_rank
+
+    def convert(*a, quant, **kw):
+        seen.append(quant.kv_cache_quant_algo)
+        orig(*a, quant=quant, **kw)
+
+    api = fake.module()
+    api.convert_rank = convert
+    out = tmp_path / "o"
+    build_engine(
+        TABLE, variant, out, checkpoint_dir=nvfp4_ckpt, api=api, log=lambda _: None,
+        options=BuildOptions(kv_cache_quant="none"),
+    )  # fmt: skip
+    assert seen == [None]
+    manifest = json.loads((out / MANIFEST_FILE).read_text())
+    assert manifest["recipe"] == {"gemm_plugin": "disable", "kv_cache_quant": "none"}
+
+
+def test_failed_fp8_kv_build_names_the_switch(tmp_path, nvfp4_ckpt):
+    fake = FakeTrtllm(fail_build=True)
+    with pytest.raises(UserError, match="retry with --kv-cache-quant none"):
+        run(tmp_path, nvfp4_ckpt, "qwen3-32b-nvfp4-tp1", fake)
+
+
+@pytest.mark.parametrize("variant", TABLE.variants, ids=lambda v: v.name)
+def test_dry_run_plan_is_the_build(tmp_path, variant):
+    lines = plan_lines(TABLE, variant, tmp_path / "engine")
+    text = "\n".join(lines)
+    assert lines[0].startswith("check: tensorrt_llm==1.1.0 installed")
+    assert f"--max_input_len {variant.max_seq_len - 1}" in text
+    assert f"--max_seq_len {variant.max_seq_len}" in text
+    assert "-m tensorrt_llm.commands.build" in text
+    assert lines[-2].startswith("verify: ") and lines[-1].startswith("place: ")
+    if variant.quantization == "FP8":
+        assert "quantize_and_export(" in text and "calib_size=512" in text
+        assert not any(line.startswith("convert rank") for line in lines)
+    else:
+        converts = [line for line in lines if line.startswith("convert rank")]
+        assert len(converts) == variant.tp
+        assert "QuantConfig(quant_algo=QuantAlgo.NVFP4, kv_cache_quant_algo=QuantAlgo.FP8" in text
+
+
+def test_dry_run_reads_a_local_checkpoint_quant_config(tmp_path, nvfp4_ckpt):
+    lines = plan_lines(
+        TABLE, TABLE.get("qwen3-32b-nvfp4-tp2"), tmp_path / "e", checkpoint_dir=nvfp4_ckpt
+    )
+    assert lines[1] == f"checkpoint: local directory {nvfp4_ckpt} (no download)"
+    assert "read from" in lines[2] and "hf_quant_config.json" in lines[2]
+    with pytest.raises(UserError, match="wrong checkpoint for this variant"):
+        plan_lines(TABLE, TABLE.get("qwen3-32b-fp8-tp2"), tmp_path / "e", checkpoint_dir=nvfp4_ckpt)
 
 
 def test_tokenizer_copy_never_takes_config_json(tmp_path, nvfp4_ckpt, monkeypatch):

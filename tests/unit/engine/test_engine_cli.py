@@ -92,3 +92,19 @@ def test_version_check_accepts_local_tag_only_of_the_same_release():
     assert trtllm_api.same_release("1.1.0+cu13", "1.1.0")
     assert not trtllm_api.same_release("1.1.0rc5", "1.1.0")
     assert not trtllm_api.same_release("1.2.0", "1.1.0")
+
+
+def test_build_engine_dry_run_prints_the_plan_without_tensorrt_llm(tmp_path):
+    out = tmp_path / "engines" / "tp4"
+    proc = run_cli(
+        "build-engine", "--variant", "qwen3-32b-nvfp4-tp4", "--out", str(out), "--dry-run"
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("check: tensorrt_llm==1.1.0 installed (found: not installed)")
+    assert lines[1].startswith("download: huggingface_hub.snapshot_download(")
+    assert sum(line.startswith("convert rank ") for line in lines) == 4
+    build = next(line for line in lines if line.startswith("build: "))
+    assert "--max_input_len 32767 --max_seq_len 32768" in build
+    assert "--gemm_plugin disable" in build
+    assert not out.exists() and not out.parent.exists()

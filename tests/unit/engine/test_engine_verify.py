@@ -1,6 +1,7 @@
 import json
 
 import pytest
+import trtllm_engine_fixture
 from engine_testlib import HF_QWEN3_CONFIG, engine_config, make_engine_dir, sparse_file
 
 from trtllm_stack.engine.verify import (
@@ -140,3 +141,33 @@ def test_not_a_directory(tmp_path):
 def test_local_build_tag_of_the_same_release_passes(tmp_path):
     config = engine_config(NVFP4_TP1, version="1.1.0+cu13")
     assert problems(make_engine_dir(tmp_path / "e", NVFP4_TP1, config=config), NVFP4_TP1) == []
+
+
+@pytest.mark.parametrize("variant", TABLE.variants, ids=lambda v: v.name)
+def test_engine_built_without_max_input_len_is_refused_with_both_numbers(tmp_path, variant):
+    # The argv engine/build.py passed before issue 13: trtllm-build keeps max_input_len 1024.
+    argv = trtllm_engine_fixture.today_argv(
+        variant.max_batch_size, variant.max_seq_len, variant.max_num_tokens, variant.tp
+    )
+    config = engine_config(variant, argv=argv)
+    assert config["build_config"]["max_input_len"] == 1024
+    found = problems(make_engine_dir(tmp_path / "e", variant, config=config), variant)
+    assert len(found) == 1
+    assert "build_config.max_input_len is 1024" in found[0]
+    assert f"prompts of up to {variant.max_seq_len - 1} tokens" in found[0]
+    assert f"rebuild it with `trtllm-stack build-engine --variant {variant.name}`" in found[0]
+
+
+def test_smaller_seq_len_or_batch_is_refused_larger_is_a_warning(tmp_path):
+    v = NVFP4_TP1
+    small = engine_config(v)
+    small["build_config"].update(max_seq_len=8192, max_batch_size=4)
+    found = problems(make_engine_dir(tmp_path / "s", v, config=small), v)
+    assert any("max_seq_len is 8192" in p and "16384-token context" in p for p in found)
+    assert any("max_batch_size is 4" in p and "runs 8 requests" in p for p in found)
+    big = engine_config(v)
+    big["build_config"].update(max_seq_len=20000, max_batch_size=16, max_num_tokens=4096)
+    report = verify_engine_dir(make_engine_dir(tmp_path / "b", v, config=big), v, VERSION)
+    assert report.problems == []
+    assert len(report.warnings) == 3
+    assert any("max_batch_size is 16" in w for w in report.warnings)
