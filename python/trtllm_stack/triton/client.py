@@ -355,9 +355,10 @@ class EngineClient:
             stream.close()
 
 
-# Codes that mean "no engine to talk to" rather than "the engine refused this request".
-# An unknown model is NOT_FOUND in current Triton and UNAVAILABLE in older ones.
-_UNREACHABLE = frozenset({Status.UNAVAILABLE, Status.NOT_FOUND})
+# Codes that mean "no engine to talk to" rather than "the engine refused this request"
+# (a replica router tries another replica). An unknown model is NOT_FOUND in current Triton
+# and UNAVAILABLE in older ones; DEADLINE_EXCEEDED is a unary call nobody answered.
+_UNREACHABLE = frozenset({Status.UNAVAILABLE, Status.NOT_FOUND, Status.DEADLINE_EXCEEDED})
 
 
 def _as_engine_exception(exc: GrpcCallError) -> EngineError:

@@ -190,6 +190,8 @@ async def test_stream_error_message_is_a_failed_request(triton: FakeTriton, clie
 def test_one_mapping_from_grpc_status_to_openai_error(status, expected, http):
     engine_exc = _as_engine_exception(GrpcCallError(status, "boom"))
     assert engine_exc.status == status
+    unreachable = {Status.UNAVAILABLE, Status.NOT_FOUND, Status.DEADLINE_EXCEEDED}
+    assert isinstance(engine_exc, EngineUnavailable) == (status in unreachable)
     err = engine_failure(engine_exc)
     assert type(err) is expected and err.status == http
     assert "boom" in err.message
