@@ -12,6 +12,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from trtllm_stack.tokenizer import bundled_qwen3_tokenizer_dir
+from trtllm_stack.triton.grpc_wire import Keepalive
 
 
 class ProxySettings(BaseSettings):
@@ -83,6 +84,18 @@ class ProxySettings(BaseSettings):
     backend_timeout: float = Field(
         default=60.0, gt=0, description="seconds without a token from Triton before a request fails"
     )
+    engine_keepalive_time: float = Field(
+        default=30.0,
+        ge=0,
+        description="seconds of silence on the Triton connection, with requests open, before"
+        " an HTTP/2 PING (0 = no PINGs)",
+    )
+    engine_keepalive_timeout: float = Field(
+        default=20.0,
+        gt=0,
+        description="seconds to wait for Triton after that PING before the connection and"
+        " its requests fail (503) and new requests reconnect",
+    )
     send_timeout: float = Field(
         default=30.0,
         gt=0,
@@ -143,6 +156,11 @@ class ProxySettings(BaseSettings):
     @classmethod
     def _empty_key_is_none(cls, value: object) -> object:
         return None if value == "" else value
+
+    def engine_keepalive(self) -> Keepalive | None:
+        if not self.engine_keepalive_time:
+            return None
+        return Keepalive(self.engine_keepalive_time, self.engine_keepalive_timeout)
 
     def resolve_tokenizer_dir(self) -> Path:
         """--tokenizer-dir, else the engine dir (the build copies tokenizer files there),

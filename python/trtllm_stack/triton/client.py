@@ -20,9 +20,11 @@ from tritonclient.grpc import service_pb2
 
 from trtllm_stack.triton import tensors as T
 from trtllm_stack.triton.grpc_wire import (
+    DEFAULT_KEEPALIVE,
     GrpcCallError,
     GrpcChannel,
     GrpcStream,
+    Keepalive,
     Status,
     split_target,
 )
@@ -272,16 +274,23 @@ _STREAM_RESPONSE = service_pb2.ModelStreamInferResponse
 class EngineClient:
     """The ``tensorrt_llm`` model over Triton's gRPC API, on one :class:`GrpcChannel`."""
 
-    def __init__(self, url: str = "localhost:8001", model: str = T.ENGINE_MODEL) -> None:
+    def __init__(
+        self,
+        url: str = "localhost:8001",
+        model: str = T.ENGINE_MODEL,
+        *,
+        keepalive: Keepalive | None = DEFAULT_KEEPALIVE,
+    ) -> None:
         self.url = url
         self.model = model
+        self.keepalive = keepalive
         split_target(url)  # a bad address fails here, not at the first request
         self._channel: GrpcChannel | None = None
 
     def _get_channel(self) -> GrpcChannel:
         # Created lazily so that its connections bind to the running event loop.
         if self._channel is None:
-            self._channel = GrpcChannel(self.url)
+            self._channel = GrpcChannel(self.url, keepalive=self.keepalive)
         return self._channel
 
     async def close(self) -> None:

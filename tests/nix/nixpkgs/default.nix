@@ -229,6 +229,7 @@ let
           "pytest"
           "pytest-asyncio"
           "hypothesis"
+          "h2"
           "openai"
           "mypy"
         ] (n: stub "python-${n}" "host-provided ${n}");
