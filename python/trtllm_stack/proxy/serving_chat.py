@@ -8,6 +8,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from trtllm_stack.proxy.errors import InvalidRequest
+from trtllm_stack.proxy.guided import (
+    ForcedTools,
+    Guide,
+    asks_for_guide,
+    forced_tool_calls,
+    tool_choice_guide,
+)
 from trtllm_stack.proxy.protocol import ChatCompletionRequest, ChatMessage, NamedToolChoice
 from trtllm_stack.proxy.serving_base import (
     Collected,
@@ -25,6 +32,7 @@ from trtllm_stack.text.special_tokens import Escaper
 from trtllm_stack.text.tool_calls import (
     ToolCallDelta,
     ToolCallStreaming,
+    new_call_id,
     parse_tool_calls,
 )
 from trtllm_stack.triton.tensors import EngineChunk
@@ -48,6 +56,9 @@ class ChatPlan(Plan):
     think_in_prompt: bool
     reasoning: bool
     tool_call_streaming: ToolCallStreaming = "incremental"
+    # tool_choice required/named: the output is guided JSON, read back as calls (guided.py).
+    forced_tools: ForcedTools | None = None
+    parallel_tool_calls: bool = True
 
 
 def _message_text(msg: ChatMessage, index: int) -> str | None:
@@ -126,13 +137,6 @@ def _check_unsupported(body: ChatCompletionRequest) -> None:
             " log probability (use logprobs=true with top_logprobs=0)",
             param="top_logprobs",
         )
-    fmt = body.response_format.type if body.response_format is not None else "text"
-    if fmt != "text":
-        raise InvalidRequest(
-            f"response_format '{fmt}' is not supported (no constrained decoding in this"
-            " engine); ask for JSON in the prompt instead",
-            param="response_format",
-        )
 
 
 class ChatService(RequestRunner[ChatPlan]):
@@ -175,6 +179,8 @@ class ChatService(RequestRunner[ChatPlan]):
         names = [t["function"]["name"] for t in tool_defs]
         choice = body.tool_choice
         tool_names: list[str] | None = None
+        tool_guide: Guide | None = None
+        forced: ForcedTools | None = None
         if tool_defs and choice != "none":
             tool_names = names
             if isinstance(choice, NamedToolChoice):
@@ -186,8 +192,10 @@ class ChatService(RequestRunner[ChatPlan]):
                 tool_defs = [t for t in tool_defs if t["function"]["name"] == name]
                 tool_names = [name]
                 _add_system_hint(messages, _NAMED_TOOL_HINT.format(name=name))
+                tool_guide, forced = tool_choice_guide(tool_defs, name, body.parallel_tool_calls)
             elif choice == "required":
                 _add_system_hint(messages, _REQUIRED_TOOL_HINT)
+                tool_guide, forced = tool_choice_guide(tool_defs, None, body.parallel_tool_calls)
         elif choice not in (None, "none", "auto"):
             raise InvalidRequest("tool_choice needs tools", param="tool_choice")
 
@@ -196,7 +204,9 @@ class ChatService(RequestRunner[ChatPlan]):
             for k, v in (body.chat_template_kwargs or {}).items()
             if k not in _RESERVED_TEMPLATE_KEYS
         }
-        thinking = kwargs.get("enable_thinking", True)
+        # Under a guide the grammar holds from the first token (the backend has no reasoning
+        # phase before it), so Qwen3 answers without thinking unless the client asks.
+        thinking = kwargs.get("enable_thinking", forced is None and not asks_for_guide(body))
         thinking_enabled = thinking is not False
         kwargs["enable_thinking"] = thinking_enabled
         tools_arg = esc.json_value(tool_defs) if tool_names is not None else None
@@ -211,7 +221,12 @@ class ChatService(RequestRunner[ChatPlan]):
         want_logprobs = bool(body.logprobs)
         max_tokens = body.max_completion_tokens or body.max_tokens
         engine_req = await ctx.engine_request(
-            body, prompt_ids, max_tokens=max_tokens, want_log_probs=want_logprobs, chat=True
+            body,
+            prompt_ids,
+            max_tokens=max_tokens,
+            want_log_probs=want_logprobs,
+            chat=True,
+            tool_guide=tool_guide,
         )
         request_id, created = new_request_id("chatcmpl")
         return ChatPlan(
@@ -221,7 +236,7 @@ class ChatService(RequestRunner[ChatPlan]):
             engine_req=engine_req,
             prompt_tokens=len(prompt_ids),
             stops=body.stop_list(),
-            tool_names=tool_names,
+            tool_names=tool_names if forced is None else None,
             thinking_enabled=thinking_enabled,
             think_in_prompt=text.rstrip().endswith("<think>"),
             reasoning=ctx.settings.reasoning_parser,
@@ -230,6 +245,8 @@ class ChatService(RequestRunner[ChatPlan]):
             ),
             want_logprobs=want_logprobs,
             tool_call_streaming=ctx.settings.tool_call_streaming,
+            forced_tools=forced,
+            parallel_tool_calls=body.parallel_tool_calls is not False,
         )
 
     # -- non-streaming ---------------------------------------------------------------
@@ -246,8 +263,16 @@ class ChatService(RequestRunner[ChatPlan]):
         if reasoning:
             message["reasoning_content"] = reasoning
         finish = got.finish_reason
-        if plan.tool_names is not None:
+        if plan.forced_tools is not None:
+            forced = forced_tool_calls(text, plan.forced_tools)
+            if forced:
+                message["content"] = None
+                message["tool_calls"] = [_call_json(n, a) for n, a in forced]
+                finish = "tool_calls" if finish == "stop" else finish
+        elif plan.tool_names is not None:
             content, calls = parse_tool_calls(text, plan.tool_names)
+            if calls and not plan.parallel_tool_calls:
+                calls = calls[:1]  # parallel_tool_calls false: the first call, as vLLM does
             if calls:
                 message["content"] = content or None
                 message["tool_calls"] = [
@@ -287,7 +312,7 @@ class ChatService(RequestRunner[ChatPlan]):
 class DeltaOutput:
     """Chat stream chunks: ``choices[0].delta`` with reasoning, content and tool calls."""
 
-    __slots__ = ("_ctx", "_pipeline", "_plan", "_tpl")
+    __slots__ = ("_ctx", "_pipeline", "_plan", "_shaper", "_tpl")
 
     def __init__(self, ctx: ServingContext, plan: ChatPlan, tpl: ChunkTemplate) -> None:
         self._ctx = ctx
@@ -302,6 +327,10 @@ class DeltaOutput:
             tool_names=plan.tool_names,
             tool_call_streaming=plan.tool_call_streaming,
         )
+        # tool_choice required/named, parallel_tool_calls false (see _CallShaper).
+        self._shaper = (
+            _CallShaper(plan) if plan.forced_tools or not plan.parallel_tool_calls else None
+        )
 
     @property
     def stopped(self) -> bool:
@@ -309,6 +338,8 @@ class DeltaOutput:
 
     def push(self, ids: list[int], batch: list[EngineChunk], out: list[bytes]) -> None:
         r, c, deltas = self._pipeline.push(ids)
+        if self._shaper is not None:
+            c, deltas = self._shaper.push(c, deltas)
         if self._plan.want_logprobs:
             lps = [lp for ch in batch for lp in ch.log_probs or ()]
             lp_json = dumps(chat_logprobs(self._ctx.tokenizer, ids, lps))
@@ -318,16 +349,62 @@ class DeltaOutput:
 
     def finish(self, out: list[bytes], finish: str) -> str:
         pipeline = self._pipeline
+        shaper = self._shaper
         r, c, deltas = pipeline.finish()
+        if shaper is not None:
+            c, deltas = shaper.push(c, deltas)
+            c, deltas = shaper.finish(c, deltas)
         if r or c or deltas:
             out.append(self._tpl.chunk(_delta_body(r, c, deltas)))
-        if pipeline.called_tools:
+        if shaper is not None and shaper.called:
+            finish = "tool_calls" if finish == "stop" else finish
+        elif pipeline.called_tools:
             # A call already streamed and then cut off by max_tokens cannot be taken back;
             # "length" tells the client its arguments are incomplete (as OpenAI does).
             truncated = pipeline.tool_call_truncated and not pipeline.stopped
             finish = "length" if truncated and finish == "length" else "tool_calls"
         out.append(self._tpl.final(b"{}", finish))
         return finish
+
+
+def _call_json(name: str, arguments: str) -> dict[str, Any]:
+    return {
+        "id": new_call_id(),
+        "type": "function",
+        "function": {"name": name, "arguments": arguments},
+    }
+
+
+class _CallShaper:
+    """Stream side of tool_choice required/named (guided JSON held back, sent as calls at
+    the end: it is not a <tool_call> block the incremental parser could follow) and of
+    parallel_tool_calls false (deltas of calls after the first dropped)."""
+
+    __slots__ = ("_buf", "_forced", "_parallel", "called")
+
+    def __init__(self, plan: ChatPlan) -> None:
+        self._forced = plan.forced_tools
+        self._parallel = plan.parallel_tool_calls
+        self._buf: list[str] = []
+        self.called = False
+
+    def push(self, content: str, deltas: list[ToolCallDelta]) -> tuple[str, list[ToolCallDelta]]:
+        if self._forced is not None:
+            self._buf.append(content)
+            content = ""
+        if not self._parallel and deltas:
+            deltas = [d for d in deltas if d.index == 0]
+        return content, deltas
+
+    def finish(self, content: str, deltas: list[ToolCallDelta]) -> tuple[str, list[ToolCallDelta]]:
+        if self._forced is None:
+            return content, deltas
+        text = "".join(self._buf)
+        calls = forced_tool_calls(text, self._forced)
+        if not calls:
+            return text, deltas  # cut off before the document closed: the text as it is
+        self.called = True
+        return "", [ToolCallDelta(i, new_call_id(), n, a) for i, (n, a) in enumerate(calls)]
 
 
 def _delta_body(reasoning: str, content: str, deltas: list[ToolCallDelta]) -> bytes:
