@@ -33,7 +33,7 @@ from trtllm_stack.proxy.errors import (
 )
 from trtllm_stack.proxy.metrics import ProxyMetrics
 from trtllm_stack.proxy.protocol import ChatCompletionRequest, CompletionRequest
-from trtllm_stack.proxy.replicas import ReplicaCollector, ReplicaPool, RoutingPolicy
+from trtllm_stack.proxy.replicas import ReplicaMetrics, ReplicaPool, RoutingPolicy
 from trtllm_stack.proxy.serving_base import ServingContext
 from trtllm_stack.proxy.serving_chat import ChatService
 from trtllm_stack.proxy.serving_completions import CompletionService
@@ -196,7 +196,7 @@ def create_app(
         engine = _open_engine(settings)
     pool = engine if isinstance(engine, ReplicaPool) else None
     if pool is not None:
-        metrics.registry.register(ReplicaCollector(pool))
+        pool.attach_metrics(ReplicaMetrics(metrics.registry))
     ctx = ServingContext(settings, engine, tokenizer, metrics)
     chat = ChatService(ctx)
     completions = CompletionService(ctx)
@@ -204,7 +204,10 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        yield
+        try:
+            yield
+        finally:
+            ctx.prompt.close()
         if own_engine:
             await ctx.engine.close()
 

@@ -81,24 +81,35 @@ def _settings(args: argparse.Namespace, **fixed: Any) -> Any:
         raise UserError(f"invalid {field}: {first.get('msg')}") from None
 
 
+def uvicorn_options(settings: Any) -> dict[str, Any]:
+    """uvicorn.Config keywords shared by the one-process server and every worker."""
+    return {
+        "host": settings.host,
+        "port": settings.port,
+        "log_level": settings.log_level,
+        "timeout_graceful_shutdown": 5,
+        # Longer than the idle expiry of HTTP clients (httpx / openai SDK: 5 s, aiohttp:
+        # 15 s) so that the client closes idle connections first: with equal timeouts a
+        # client can reuse a connection at the moment the server closes it (a reset).
+        "timeout_keep_alive": 75,
+        "access_log": settings.log_level == "debug",
+    }
+
+
 def _serve(settings: Any) -> None:
+    if settings.workers > 1:
+        from trtllm_stack.proxy.workers import serve_workers
+
+        code = serve_workers(settings)
+        if code:
+            raise SystemExit(code)
+        return
     import uvicorn
 
     from trtllm_stack.proxy.app import create_app
 
     app = create_app(settings)
-    uvicorn.run(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        timeout_graceful_shutdown=5,
-        # Longer than the idle expiry of HTTP clients (httpx / openai SDK: 5 s, aiohttp:
-        # 15 s) so that the client closes idle connections first: with equal timeouts a
-        # client can reuse a connection at the moment the server closes it (a reset).
-        timeout_keep_alive=75,
-        access_log=settings.log_level == "debug",
-    )
+    uvicorn.run(app, **uvicorn_options(settings))
 
 
 def run_proxy(args: argparse.Namespace) -> int:

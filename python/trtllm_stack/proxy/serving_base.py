@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
+import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -35,9 +36,12 @@ from trtllm_stack.proxy.errors import (
 )
 from trtllm_stack.proxy.guided import Guide, request_guide
 from trtllm_stack.proxy.metrics import ProxyMetrics
+from trtllm_stack.proxy.prompt_worker import PromptWork
 from trtllm_stack.proxy.protocol import _SamplingRequest
 from trtllm_stack.proxy.settings import ProxySettings
 from trtllm_stack.proxy.sse import DONE, event
+from trtllm_stack.proxy.workers import SharedInFlight
+from trtllm_stack.text.chat_template import ChatTemplate
 from trtllm_stack.text.pipeline import TextPipeline
 from trtllm_stack.text.special_tokens import LiteralText
 from trtllm_stack.triton.tensors import EngineChunk, EngineRequest
@@ -69,6 +73,8 @@ class ServingContext:
         self.tokenizer = tokenizer
         self.metrics = metrics
         self.in_flight = 0
+        # --workers: the in-flight count of the whole server (proxy/workers.py).
+        self.shared_limit: SharedInFlight | None = None
         self._limits: EngineLimits | None = None
         self.end_id: int = int(tokenizer.eos_token_id)
         pad = tokenizer.pad_token_id
@@ -78,12 +84,24 @@ class ServingContext:
         self.extra_stop_ids: tuple[tuple[int, ...], ...] = (
             ((int(extra),),) if isinstance(extra, int) and extra != self.end_id else ()
         )
-        self._backend = tokenizer.backend_tokenizer
         self.literal = LiteralText(tokenizer)
+        self.chat_template = ChatTemplate(
+            tokenizer,
+            max_seconds=settings.template_timeout,
+            max_chars=settings.max_template_chars,
+        )
+        self.prompt = PromptWork(
+            tokenizer.backend_tokenizer,
+            cache_bytes=settings.prompt_cache_bytes,
+            inline_chars=settings.prompt_inline_chars,
+            threads=settings.prompt_threads,
+            registry=metrics.registry,
+        )
 
-    def encode(self, text: str) -> list[int]:
+    def encode(self, text: str) -> Sequence[int]:
+        """Token ids of ``text`` (markers special); safe from the prompt thread too."""
         try:
-            ids: list[int] = self._backend.encode(text, add_special_tokens=False).ids
+            ids = self.prompt.encode(text)
         except (TypeError, ValueError, UnicodeError):
             # Lone surrogates ("\ud800" in JSON) are valid JSON but not Unicode text.
             raise InvalidRequest(
@@ -112,7 +130,8 @@ class ServingContext:
 
     def admit(self) -> Lease:
         limit = self.settings.max_in_flight
-        if limit and self.in_flight >= limit:
+        shared = self.shared_limit
+        if (limit and self.in_flight >= limit) or (shared is not None and not shared.acquire()):
             raise Overloaded(
                 f"the server is at its limit of {limit} requests in flight; retry shortly",
                 headers={"Retry-After": "1"},
@@ -229,6 +248,8 @@ class Lease:
         ctx, self._ctx = self._ctx, None
         if ctx is not None:
             ctx.in_flight -= 1
+            if ctx.shared_limit is not None:
+                ctx.shared_limit.release()
             ctx.metrics.in_flight.dec()
             ctx.metrics.duration.observe(time.perf_counter() - self._start)
 
@@ -317,6 +338,7 @@ class Plan:
     prompt_tokens: int
     stops: list[str]
     include_usage: bool
+    continuous_usage: bool  # stream_options.continuous_usage_stats (vLLM)
     want_logprobs: bool
 
 
@@ -493,6 +515,7 @@ class RequestRunner(Generic[P]):
         stream's last bytes, an error event included, and releases the lease; without, it
         raises the engine's failure as a ProxyError and leaves counting to the caller."""
         metrics = self.ctx.metrics
+        stamp = plan.continuous_usage and head is not None
         n_out = 0
         last = -1
         last_at = 0.0
@@ -517,6 +540,8 @@ class RequestRunner(Generic[P]):
                     if batch[-1].final or sink.stopped:
                         break
                     if out:
+                        if stamp:
+                            stamp_usage(out, plan.prompt_tokens, n_out)
                         yield b"".join(out)
                         out.clear()
                     batch = await pump.next_batch()
@@ -531,6 +556,8 @@ class RequestRunner(Generic[P]):
             "stop" if sink.stopped else self.ctx.finish_reason(plan.engine_req, n_out, last)
         )
         finish = sink.finish(out, length_or_stop)
+        if stamp:
+            stamp_usage(out, plan.prompt_tokens, n_out)
         if head is not None:
             yield stream_finished(
                 self.ctx,
@@ -574,6 +601,15 @@ def stream_finished(
     count_finished(ctx, completion_tokens, finish)
     lease.release()
     return b"".join(out)
+
+
+def stamp_usage(out: list[bytes], prompt_tokens: int, completion_tokens: int) -> None:
+    """continuous_usage_stats: the usage so far on each pending chunk (``...}]}\n\n`` ->
+    ``...}],"usage":{...}}\n\n``)."""
+    tail = b',"usage":' + orjson.dumps(usage(prompt_tokens, completion_tokens)) + b"}\n\n"
+    for i, chunk in enumerate(out):
+        if chunk.endswith(b"]}\n\n"):
+            out[i] = chunk[:-3] + tail
 
 
 def count_finished(ctx: ServingContext, completion_tokens: int, finish: str) -> None:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +16,7 @@ from trtllm_stack.proxy.guided import (
     tool_choice_guide,
 )
 from trtllm_stack.proxy.protocol import ChatCompletionRequest, ChatMessage, NamedToolChoice
+from trtllm_stack.proxy.request_limits import template_kwargs, template_limit_error
 from trtllm_stack.proxy.serving_base import (
     Collected,
     Plan,
@@ -26,6 +27,7 @@ from trtllm_stack.proxy.serving_base import (
     usage,
 )
 from trtllm_stack.proxy.sse import ChunkTemplate, dumps
+from trtllm_stack.text.chat_template import TemplateLimit
 from trtllm_stack.text.pipeline import TextPipeline
 from trtllm_stack.text.reasoning import split_reasoning
 from trtllm_stack.text.special_tokens import Escaper
@@ -37,12 +39,6 @@ from trtllm_stack.text.tool_calls import (
 )
 from trtllm_stack.triton.tensors import EngineChunk
 
-# Prompts longer than this are templated and tokenized in a worker thread so that one big
-# request does not stall every stream's next token.
-_INLINE_PROMPT_CHARS = 16_384
-_RESERVED_TEMPLATE_KEYS = frozenset(
-    {"messages", "tools", "add_generation_prompt", "tokenize", "conversation", "documents"}
-)
 _REQUIRED_TOOL_HINT = "You must call at least one of the provided functions in your reply."
 _NAMED_TOOL_HINT = "You must call the function `{name}` in your reply."
 
@@ -102,7 +98,7 @@ def _template_messages(messages: list[ChatMessage], esc: Escaper) -> list[dict[s
                 # The Qwen3 template serialises a dict itself; a string would be quoted.
                 calls.append(
                     {
-                        "id": call.id,
+                        "id": esc.text(call.id) if call.id is not None else None,
                         "type": "function",
                         "function": {
                             "name": esc.text(call.function.name),
@@ -111,14 +107,23 @@ def _template_messages(messages: list[ChatMessage], esc: Escaper) -> list[dict[s
                     }
                 )
             item["tool_calls"] = calls
-        if msg.role == "assistant" and msg.reasoning_content:
-            item["reasoning_content"] = msg.reasoning_content
+        reasoning_text = msg.reasoning_content or msg.reasoning
+        if msg.role == "assistant" and reasoning_text:
+            item["reasoning_content"] = reasoning_text
         if msg.role == "tool" and msg.tool_call_id is not None:
-            item["tool_call_id"] = msg.tool_call_id
+            item["tool_call_id"] = esc.text(msg.tool_call_id)
         if msg.name is not None:
-            item["name"] = msg.name
+            item["name"] = esc.text(msg.name)
         out.append(item)
     return out
+
+
+def _prompt_chars(messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> int:
+    """About how many characters the rendered prompt has (decides inline or thread)."""
+    size = sum(len(m["content"]) + len(m.get("reasoning_content") or "") for m in messages)
+    if tools:
+        size += len(json.dumps(tools, ensure_ascii=False))
+    return size
 
 
 def _add_system_hint(messages: list[dict[str, Any]], hint: str) -> None:
@@ -149,12 +154,13 @@ class ChatService(RequestRunner[ChatPlan]):
         tools: list[dict[str, Any]] | None,
         kwargs: dict,
         esc: Escaper,
-    ) -> tuple[str, list[int]]:
-        tok = self.ctx.tokenizer
+    ) -> tuple[str, Sequence[int]]:
         try:
-            text = tok.apply_chat_template(
-                messages, tools=tools, add_generation_prompt=True, tokenize=False, **kwargs
+            text = self.ctx.chat_template.render(
+                messages, tools=tools, add_generation_prompt=True, **kwargs
             )
+        except TemplateLimit as exc:
+            raise template_limit_error(exc) from None
         except Exception as exc:  # jinja TemplateError, TypeError from odd content
             raise InvalidRequest(f"the chat template rejected the messages: {exc}") from None
         try:
@@ -191,7 +197,8 @@ class ChatService(RequestRunner[ChatPlan]):
                     )
                 tool_defs = [t for t in tool_defs if t["function"]["name"] == name]
                 tool_names = [name]
-                _add_system_hint(messages, _NAMED_TOOL_HINT.format(name=name))
+                # The name is client text like any other (it once forged a system turn).
+                _add_system_hint(messages, _NAMED_TOOL_HINT.format(name=esc.text(name)))
                 tool_guide, forced = tool_choice_guide(tool_defs, name, body.parallel_tool_calls)
             elif choice == "required":
                 _add_system_hint(messages, _REQUIRED_TOOL_HINT)
@@ -199,24 +206,16 @@ class ChatService(RequestRunner[ChatPlan]):
         elif choice not in (None, "none", "auto"):
             raise InvalidRequest("tool_choice needs tools", param="tool_choice")
 
-        kwargs = {
-            k: v
-            for k, v in (body.chat_template_kwargs or {}).items()
-            if k not in _RESERVED_TEMPLATE_KEYS
-        }
+        kwargs = template_kwargs(body.chat_template_kwargs, ctx.chat_template, esc)
         # Under a guide the grammar holds from the first token (the backend has no reasoning
         # phase before it), so Qwen3 answers without thinking unless the client asks.
         thinking = kwargs.get("enable_thinking", forced is None and not asks_for_guide(body))
         thinking_enabled = thinking is not False
         kwargs["enable_thinking"] = thinking_enabled
         tools_arg = esc.json_value(tool_defs) if tool_names is not None else None
-        size = sum(len(m["content"]) for m in messages)
-        if size > _INLINE_PROMPT_CHARS:
-            text, prompt_ids = await asyncio.to_thread(
-                self._render, messages, tools_arg, kwargs, esc
-            )
-        else:
-            text, prompt_ids = self._render(messages, tools_arg, kwargs, esc)
+        text, prompt_ids = await ctx.prompt.run(
+            _prompt_chars(messages, tools_arg), self._render, messages, tools_arg, kwargs, esc
+        )
 
         want_logprobs = bool(body.logprobs)
         max_tokens = body.max_completion_tokens or body.max_tokens
@@ -243,6 +242,7 @@ class ChatService(RequestRunner[ChatPlan]):
             include_usage=bool(
                 body.stream and body.stream_options and body.stream_options.include_usage
             ),
+            continuous_usage=body.continuous_usage(),
             want_logprobs=want_logprobs,
             tool_call_streaming=ctx.settings.tool_call_streaming,
             forced_tools=forced,
@@ -261,7 +261,8 @@ class ChatService(RequestRunner[ChatPlan]):
             )
         message: dict[str, Any] = {"role": "assistant", "content": text}
         if reasoning:
-            message["reasoning_content"] = reasoning
+            for key in _REASONING_KEYS[ctx.settings.reasoning_field]:
+                message[key] = reasoning
         finish = got.finish_reason
         if plan.forced_tools is not None:
             forced = forced_tool_calls(text, plan.forced_tools)
@@ -312,12 +313,13 @@ class ChatService(RequestRunner[ChatPlan]):
 class DeltaOutput:
     """Chat stream chunks: ``choices[0].delta`` with reasoning, content and tool calls."""
 
-    __slots__ = ("_ctx", "_pipeline", "_plan", "_shaper", "_tpl")
+    __slots__ = ("_ctx", "_pipeline", "_plan", "_rkeys", "_shaper", "_tpl")
 
     def __init__(self, ctx: ServingContext, plan: ChatPlan, tpl: ChunkTemplate) -> None:
         self._ctx = ctx
         self._plan = plan
         self._tpl = tpl
+        self._rkeys = _REASONING_KEYS[ctx.settings.reasoning_field]
         self._pipeline = TextPipeline(
             ctx.tokenizer,
             stops=plan.stops,
@@ -343,9 +345,9 @@ class DeltaOutput:
         if self._plan.want_logprobs:
             lps = [lp for ch in batch for lp in ch.log_probs or ()]
             lp_json = dumps(chat_logprobs(self._ctx.tokenizer, ids, lps))
-            out.append(self._tpl.chunk(_delta_body(r, c, deltas), lp_json))
+            out.append(self._tpl.chunk(_delta_body(r, c, deltas, self._rkeys), lp_json))
         elif r or c or deltas:
-            out.append(self._tpl.chunk(_delta_body(r, c, deltas)))
+            out.append(self._tpl.chunk(_delta_body(r, c, deltas, self._rkeys)))
 
     def finish(self, out: list[bytes], finish: str) -> str:
         pipeline = self._pipeline
@@ -355,7 +357,7 @@ class DeltaOutput:
             c, deltas = shaper.push(c, deltas)
             c, deltas = shaper.finish(c, deltas)
         if r or c or deltas:
-            out.append(self._tpl.chunk(_delta_body(r, c, deltas)))
+            out.append(self._tpl.chunk(_delta_body(r, c, deltas, self._rkeys)))
         if shaper is not None and shaper.called:
             finish = "tool_calls" if finish == "stop" else finish
         elif pipeline.called_tools:
@@ -407,18 +409,28 @@ class _CallShaper:
         return "", [ToolCallDelta(i, new_call_id(), n, a) for i, (n, a) in enumerate(calls)]
 
 
-def _delta_body(reasoning: str, content: str, deltas: list[ToolCallDelta]) -> bytes:
+_REASONING_KEYS: dict[str, tuple[str, ...]] = {
+    "both": ("reasoning_content", "reasoning"),
+    "reasoning": ("reasoning",),
+    "reasoning_content": ("reasoning_content",),
+}
+
+
+def _delta_body(
+    reasoning: str, content: str, deltas: list[ToolCallDelta], rkeys: tuple[str, ...]
+) -> bytes:
     if not deltas:
-        if reasoning and content:
-            return (
-                b'{"reasoning_content":' + dumps(reasoning) + b',"content":' + dumps(content) + b"}"
-            )
         if reasoning:
-            return b'{"reasoning_content":' + dumps(reasoning) + b"}"
+            value = dumps(reasoning)
+            body = b",".join(b'"' + k.encode() + b'":' + value for k in rkeys)
+            if content:
+                return b"{" + body + b',"content":' + dumps(content) + b"}"
+            return b"{" + body + b"}"
         return b'{"content":' + dumps(content) + b"}"
     delta: dict[str, Any] = {}
     if reasoning:
-        delta["reasoning_content"] = reasoning
+        for k in rkeys:
+            delta[k] = reasoning
     if content:
         delta["content"] = content
     # One entry per call index: a name delta and its arguments that arrived together

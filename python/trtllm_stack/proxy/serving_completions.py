@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from trtllm_stack.proxy.errors import InvalidRequest
@@ -19,11 +20,20 @@ from trtllm_stack.text.pipeline import TextPipeline
 from trtllm_stack.triton.tensors import EngineChunk
 
 
+def _text_chars(prompt: Any) -> int:
+    """Characters to tokenize (token-id prompts: none)."""
+    if isinstance(prompt, str):
+        return len(prompt)
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+        return len(prompt[0])
+    return 0
+
+
 class CompletionService(RequestRunner[Plan]):
     endpoint = "completions"
     chunk_object = "text_completion"
 
-    def _prompt_ids(self, prompt: Any) -> list[int]:
+    def _prompt_ids(self, prompt: Any) -> Sequence[int]:
         if isinstance(prompt, str):
             return self.ctx.encode(prompt)
         if isinstance(prompt, list) and len(prompt) > 1 and not isinstance(prompt[0], int):
@@ -45,7 +55,12 @@ class CompletionService(RequestRunner[Plan]):
         if body.n not in (None, 1):
             raise InvalidRequest("only n=1 is supported", param="n")
         if body.best_of not in (None, 1):
-            raise InvalidRequest("best_of is not supported", param="best_of")
+            raise InvalidRequest(
+                "best_of is not supported: TensorRT-LLM's sampling has no best-of selection"
+                " (tensorrt_llm/sampling_params.py, _get_sampling_config: best_of has 'no"
+                " corresponding param' when sampling)",
+                param="best_of",
+            )
         if body.echo:
             raise InvalidRequest("echo is not supported", param="echo")
         if body.suffix:
@@ -56,7 +71,7 @@ class CompletionService(RequestRunner[Plan]):
                 " engine does not return alternatives",
                 param="logprobs",
             )
-        prompt_ids = self._prompt_ids(body.prompt)
+        prompt_ids = await ctx.prompt.run(_text_chars(body.prompt), self._prompt_ids, body.prompt)
         want_logprobs = body.logprobs is not None
         engine_req = await ctx.engine_request(
             body, prompt_ids, max_tokens=body.max_tokens, want_log_probs=want_logprobs, chat=False
@@ -72,6 +87,7 @@ class CompletionService(RequestRunner[Plan]):
             include_usage=bool(
                 body.stream and body.stream_options and body.stream_options.include_usage
             ),
+            continuous_usage=body.continuous_usage(),
             want_logprobs=want_logprobs,
         )
 

@@ -75,6 +75,14 @@ class ProxySettings(BaseSettings):
         default=65_536, ge=1, description="characters of one tool definition as JSON (400)"
     )
     max_logit_bias: int = Field(default=300, ge=0, description="logit_bias entries (400)")
+    template_timeout: float = Field(
+        default=2.0, gt=0, description="seconds one chat-template render may take (400)"
+    )
+    max_template_chars: int = Field(
+        default=4_000_000,
+        ge=1024,
+        description="characters a chat-template render may produce or build (400)",
+    )
     max_n: int = Field(default=16, ge=1, description="choices per request, n (400 beyond)")
     default_max_tokens: int | None = Field(
         default=None,
@@ -102,12 +110,42 @@ class ProxySettings(BaseSettings):
         description="seconds a client may stop reading a stream before its request is cancelled",
     )
     reasoning_parser: bool = Field(default=True, description="split <think> into reasoning_content")
+    # vLLM renamed reasoning_content to reasoning (vllm-project/vllm#27752, the old name
+    # removed in #33402); DeepSeek's reasoning_content is what OpenWebUI, litellm, the Vercel
+    # AI SDK and others read. "both" serves either kind of client.
+    reasoning_field: Literal["both", "reasoning", "reasoning_content"] = Field(
+        default="both",
+        description="field name of the reasoning text in messages and deltas: reasoning"
+        " (vLLM today), reasoning_content (DeepSeek, older vLLM) or both",
+    )
     tool_call_streaming: Literal["incremental", "buffered"] = Field(
         default="incremental",
         description="incremental: a tool call's name, then its argument fragments as they"
         " arrive; buffered: each call whole once its block closed (a broken block: content)",
     )
+    prompt_cache_bytes: int = Field(
+        default=256 * 1024 * 1024,
+        ge=0,
+        description="bytes of prompt-block token ids kept (LRU) so that a growing conversation"
+        " is not re-tokenized every turn; 0 = off",
+    )
+    prompt_inline_chars: int = Field(
+        default=4096,
+        ge=0,
+        description="prompts up to this many characters are templated and tokenized on the"
+        " event loop; longer ones in the prompt thread (see docs/bench.md, prompt time)",
+    )
+    prompt_threads: int = Field(
+        default=1, ge=1, le=64, description="threads that template and tokenize long prompts"
+    )
     log_level: str = Field(default="info", description="uvicorn log level")
+    workers: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="proxy processes sharing the port (SO_REUSEPORT); max_in_flight and"
+        " /metrics cover all of them",
+    )
     # Several Triton addresses (see proxy/replicas.py for the routing rules).
     replica_health_interval: float = Field(
         default=0.5, gt=0, description="seconds between health checks of each replica"
