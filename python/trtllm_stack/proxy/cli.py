@@ -83,6 +83,8 @@ def _settings(args: argparse.Namespace, **fixed: Any) -> Any:
 
 def uvicorn_options(settings: Any) -> dict[str, Any]:
     """uvicorn.Config keywords shared by the one-process server and every worker."""
+    from trtllm_stack.proxy.http_guard import guarded_http_protocol
+
     return {
         "host": settings.host,
         "port": settings.port,
@@ -93,6 +95,8 @@ def uvicorn_options(settings: Any) -> dict[str, Any]:
         # client can reuse a connection at the moment the server closes it (a reset).
         "timeout_keep_alive": 75,
         "access_log": settings.log_level == "debug",
+        # Header/body read timeouts and the connection cap uvicorn lacks (http_guard.py).
+        "http": guarded_http_protocol(settings),
     }
 
 

@@ -75,6 +75,15 @@ class ProxySettings(BaseSettings):
         default=65_536, ge=1, description="characters of one tool definition as JSON (400)"
     )
     max_logit_bias: int = Field(default=300, ge=0, description="logit_bias entries (400)")
+    header_timeout: float = Field(
+        default=10.0, gt=0, description="seconds from a request's first byte to its last header"
+    )
+    body_timeout: float = Field(
+        default=60.0, gt=0, description="seconds from a request's headers to its last body byte"
+    )
+    max_connections: int = Field(
+        default=2048, ge=0, description="open HTTP connections (0 = no cap); beyond: closed"
+    )
     template_timeout: float = Field(
         default=2.0, gt=0, description="seconds one chat-template render may take (400)"
     )
