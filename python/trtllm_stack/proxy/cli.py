@@ -22,7 +22,19 @@ _FLAGS: list[tuple[str, str, dict[str, Any], str]] = [
     ("--engine-dir", "engine_dir", {}, "engine directory; its tokenizer files are used"),
     ("--host", "host", {}, "bind address (default 127.0.0.1; 0.0.0.0 opens it to the network)"),
     ("--port", "port", {"type": int}, "port (default 9000)"),
-    ("--cors-origins", "cors_origins", {}, "comma-separated origins (default *; '' = off)"),
+    (
+        "--cors-origins",
+        "cors_origins",
+        {},
+        "comma-separated browser origins ('*' = any, '' = none; default: localhost only"
+        " without an API key, * with one)",
+    ),
+    (
+        "--allowed-hosts",
+        "allowed_hosts",
+        {},
+        "Host header names accepted besides the bound address and localhost ('*' = any)",
+    ),
     ("--max-in-flight", "max_in_flight", {"type": int}, "requests in flight before 429"),
     (
         "--reasoning-field",

@@ -35,7 +35,16 @@ class ProxySettings(BaseSettings):
     # Loopback by default: opening the API to the network is a decision the user makes (--host).
     host: str = "127.0.0.1"
     port: int = Field(default=9000, ge=0, le=65535)
-    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["*"])
+    cors_origins: Annotated[list[str] | None, NoDecode] = Field(
+        default=None,
+        description="browser origins allowed ('*' = any, '' = none); default: localhost"
+        " origins only without an API key, '*' with one (proxy/browser_guard.py)",
+    )
+    allowed_hosts: Annotated[list[str] | None, NoDecode] = Field(
+        default=None,
+        description="Host header names accepted besides the bound address and localhost"
+        " ('*' = any); default check off when bound to 0.0.0.0/::",
+    )
     api_key: SecretStr | None = None
     max_in_flight: int = Field(default=512, ge=0, description="0 = unlimited; beyond it: 429")
     max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
@@ -161,7 +170,7 @@ class ProxySettings(BaseSettings):
     def triton_urls(self) -> list[str]:
         return self.triton_url.split(",")
 
-    @field_validator("cors_origins", mode="before")
+    @field_validator("cors_origins", "allowed_hosts", mode="before")
     @classmethod
     def _split_origins(cls, value: object) -> object:
         # Env and CLI give "a,b"; an empty string turns CORS off.
