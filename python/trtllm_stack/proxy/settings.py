@@ -45,8 +45,15 @@ class ProxySettings(BaseSettings):
         default="127.0.0.1", description="bind address (0.0.0.0 opens it to the network)"
     )
     port: int = Field(default=9000, ge=0, le=65535, description="HTTP port")
-    cors_origins: Annotated[list[str], NoDecode] = Field(
-        default_factory=lambda: ["*"], description="comma-separated CORS origins ('' = off)"
+    cors_origins: Annotated[list[str] | None, NoDecode] = Field(
+        default=None,
+        description="browser origins allowed ('*' = any, '' = none); default: localhost"
+        " origins only without an API key, '*' with one (proxy/browser_guard.py)",
+    )
+    allowed_hosts: Annotated[list[str] | None, NoDecode] = Field(
+        default=None,
+        description="Host header names accepted besides the bound address and localhost"
+        " ('*' = any); default check off when bound to 0.0.0.0/::",
     )
     api_key: SecretStr | None = Field(
         default=None, description="the Bearer key clients must send (none: any key)"
@@ -191,7 +198,7 @@ class ProxySettings(BaseSettings):
     def triton_urls(self) -> list[str]:
         return self.triton_url.split(",")
 
-    @field_validator("cors_origins", mode="before")
+    @field_validator("cors_origins", "allowed_hosts", mode="before")
     @classmethod
     def _split_origins(cls, value: object) -> object:
         # Env and CLI give "a,b"; an empty string turns CORS off.
