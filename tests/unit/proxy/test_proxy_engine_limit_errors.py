@@ -2,7 +2,7 @@
 client's 400 with both numbers, not a 5xx; other engine failures stay 502-class."""
 
 from trtllm_stack.proxy.errors import InvalidRequest
-from trtllm_stack.proxy.serving_base import backend_error
+from trtllm_stack.proxy.errors import engine_failure as backend_error
 from trtllm_stack.triton.backend_errors import executor_error, prompt_too_long
 from trtllm_stack.triton.client import EngineError
 
