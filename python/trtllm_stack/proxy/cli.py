@@ -58,7 +58,7 @@ _FLAGS: list[tuple[str, str, dict[str, Any], str]] = [
         "--prompt-inline-chars",
         "prompt_inline_chars",
         {"type": int},
-        "longer prompts are tokenized in the prompt thread (default 4096)",
+        "longer prompts are tokenized in the prompt thread (default 2048)",
     ),
     ("--prompt-threads", "prompt_threads", {"type": int}, "prompt worker threads (default 1)"),
     ("--log-level", "log_level", {}, "uvicorn log level (default info)"),
