@@ -22,7 +22,19 @@ _FLAGS: list[tuple[str, str, dict[str, Any], str]] = [
     ("--engine-dir", "engine_dir", {}, "engine directory; its tokenizer files are used"),
     ("--host", "host", {}, "bind address (default 127.0.0.1; 0.0.0.0 opens it to the network)"),
     ("--port", "port", {"type": int}, "port (default 9000)"),
-    ("--cors-origins", "cors_origins", {}, "comma-separated origins (default *; '' = off)"),
+    (
+        "--cors-origins",
+        "cors_origins",
+        {},
+        "comma-separated browser origins ('*' = any, '' = none; default: localhost only"
+        " without an API key, * with one)",
+    ),
+    (
+        "--allowed-hosts",
+        "allowed_hosts",
+        {},
+        "Host header names accepted besides the bound address and localhost ('*' = any)",
+    ),
     ("--max-in-flight", "max_in_flight", {"type": int}, "requests in flight before 429"),
     (
         "--reasoning-field",
@@ -38,6 +50,11 @@ _FLAGS: list[tuple[str, str, dict[str, Any], str]] = [
     ("--max-tool-chars", "max_tool_chars", {"type": int}, "characters of one tool (400)"),
     ("--max-logit-bias", "max_logit_bias", {"type": int}, "logit_bias entries (400)"),
     ("--max-n", "max_n", {"type": int}, "choices per request, n (400)"),
+    ("--header-timeout", "header_timeout", {"type": float}, "seconds to read headers (408)"),
+    ("--body-timeout", "body_timeout", {"type": float}, "seconds to read a body (408)"),
+    ("--max-connections", "max_connections", {"type": int}, "open connections (0 = no cap)"),
+    ("--template-timeout", "template_timeout", {"type": float}, "seconds per template render"),
+    ("--max-template-chars", "max_template_chars", {"type": int}, "template output limit"),
     ("--default-max-tokens", "default_max_tokens", {"type": int}, "when a request has none"),
     ("--backend-timeout", "backend_timeout", {"type": float}, "seconds of backend silence"),
     ("--send-timeout", "send_timeout", {"type": float}, "seconds a stalled client is kept"),
@@ -171,6 +188,8 @@ def _settings(args: argparse.Namespace, **fixed: Any) -> Any:
 
 def uvicorn_options(settings: Any) -> dict[str, Any]:
     """uvicorn.Config keywords shared by the one-process server and every worker."""
+    from trtllm_stack.proxy.http_guard import guarded_http_protocol
+
     return {
         "host": settings.host,
         "port": settings.port,
@@ -181,6 +200,8 @@ def uvicorn_options(settings: Any) -> dict[str, Any]:
         # client can reuse a connection at the moment the server closes it (a reset).
         "timeout_keep_alive": 75,
         "access_log": settings.log_level == "debug",
+        # Header/body read timeouts and the connection cap uvicorn lacks (http_guard.py).
+        "http": guarded_http_protocol(settings),
     }
 
 

@@ -14,6 +14,7 @@ import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
 log = logging.getLogger("trtllm_stack.proxy")
@@ -183,6 +184,13 @@ def install_error_handlers(app: FastAPI, on_error: Any = None) -> None:
         headers = dict(exc.headers or {})
         return json_response(exc.status_code, error_body(message, kind), headers)
 
+    async def client_disconnect(_: Request, exc: Exception) -> Response:
+        # The client went away while sending its body: a normal event, no traceback. The
+        # response is never delivered.
+        log.debug("client disconnected during upload")
+        count("client_disconnected")
+        return Response(status_code=400)
+
     async def unexpected(_: Request, exc: Exception) -> Response:
         # A bug of ours: log it for the operator, give the client a clean message only.
         log.error("unhandled error: %r", exc, exc_info=exc)
@@ -192,4 +200,5 @@ def install_error_handlers(app: FastAPI, on_error: Any = None) -> None:
     app.add_exception_handler(ProxyError, proxy_error)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(ClientDisconnect, client_disconnect)
     app.add_exception_handler(Exception, unexpected)

@@ -45,6 +45,7 @@ from trtllm_stack.proxy.protocol import _SamplingRequest
 from trtllm_stack.proxy.settings import ProxySettings
 from trtllm_stack.proxy.sse import DONE, event
 from trtllm_stack.proxy.workers import SharedInFlight
+from trtllm_stack.text.chat_template import ChatTemplate
 from trtllm_stack.text.pipeline import TextPipeline
 from trtllm_stack.text.special_tokens import LiteralText
 from trtllm_stack.triton.tensors import EngineChunk, EngineRequest
@@ -102,6 +103,11 @@ class ServingContext:
             ((int(extra),),) if isinstance(extra, int) and extra != self.end_id else ()
         )
         self.literal = LiteralText(tokenizer)
+        self.chat_template = ChatTemplate(
+            tokenizer,
+            max_seconds=settings.template_timeout,
+            max_chars=settings.max_template_chars,
+        )
         self.prompt = PromptWork(
             tokenizer.backend_tokenizer,
             cache_bytes=settings.prompt_cache_bytes,

@@ -21,6 +21,7 @@ from trtllm_stack.proxy.guided import (
     tool_choice_guide,
 )
 from trtllm_stack.proxy.protocol import ChatCompletionRequest, ChatMessage, NamedToolChoice
+from trtllm_stack.proxy.request_limits import template_kwargs, template_limit_error
 from trtllm_stack.proxy.serving_base import (
     Lease,
     ServingContext,
@@ -35,6 +36,7 @@ from trtllm_stack.proxy.serving_base import (
     usage,
 )
 from trtllm_stack.proxy.sse import ChunkTemplate, dumps
+from trtllm_stack.text.chat_template import TemplateLimit
 from trtllm_stack.text.pipeline import TextPipeline
 from trtllm_stack.text.reasoning import split_reasoning
 from trtllm_stack.text.special_tokens import Escaper
@@ -46,9 +48,6 @@ from trtllm_stack.text.tool_calls import (
 )
 from trtllm_stack.triton.tensors import EngineChunk, EngineRequest
 
-_RESERVED_TEMPLATE_KEYS = frozenset(
-    {"messages", "tools", "add_generation_prompt", "tokenize", "conversation", "documents"}
-)
 _REQUIRED_TOOL_HINT = "You must call at least one of the provided functions in your reply."
 _NAMED_TOOL_HINT = "You must call the function `{name}` in your reply."
 
@@ -117,7 +116,7 @@ def _template_messages(messages: list[ChatMessage], esc: Escaper) -> list[dict[s
                 # The Qwen3 template serialises a dict itself; a string would be quoted.
                 calls.append(
                     {
-                        "id": call.id,
+                        "id": esc.text(call.id) if call.id is not None else None,
                         "type": "function",
                         "function": {
                             "name": esc.text(call.function.name),
@@ -130,9 +129,9 @@ def _template_messages(messages: list[ChatMessage], esc: Escaper) -> list[dict[s
         if msg.role == "assistant" and reasoning_text:
             item["reasoning_content"] = reasoning_text
         if msg.role == "tool" and msg.tool_call_id is not None:
-            item["tool_call_id"] = msg.tool_call_id
+            item["tool_call_id"] = esc.text(msg.tool_call_id)
         if msg.name is not None:
-            item["name"] = msg.name
+            item["name"] = esc.text(msg.name)
         out.append(item)
     return out
 
@@ -174,11 +173,12 @@ class ChatService:
         kwargs: dict,
         esc: Escaper,
     ) -> tuple[str, Sequence[int]]:
-        tok = self.ctx.tokenizer
         try:
-            text = tok.apply_chat_template(
-                messages, tools=tools, add_generation_prompt=True, tokenize=False, **kwargs
+            text = self.ctx.chat_template.render(
+                messages, tools=tools, add_generation_prompt=True, **kwargs
             )
+        except TemplateLimit as exc:
+            raise template_limit_error(exc) from None
         except Exception as exc:  # jinja TemplateError, TypeError from odd content
             raise InvalidRequest(f"the chat template rejected the messages: {exc}") from None
         try:
@@ -215,7 +215,8 @@ class ChatService:
                     )
                 tool_defs = [t for t in tool_defs if t["function"]["name"] == name]
                 tool_names = [name]
-                _add_system_hint(messages, _NAMED_TOOL_HINT.format(name=name))
+                # The name is client text like any other (it once forged a system turn).
+                _add_system_hint(messages, _NAMED_TOOL_HINT.format(name=esc.text(name)))
                 tool_guide, forced = tool_choice_guide(tool_defs, name, body.parallel_tool_calls)
             elif choice == "required":
                 _add_system_hint(messages, _REQUIRED_TOOL_HINT)
@@ -223,11 +224,7 @@ class ChatService:
         elif choice not in (None, "none", "auto"):
             raise InvalidRequest("tool_choice needs tools", param="tool_choice")
 
-        kwargs = {
-            k: v
-            for k, v in (body.chat_template_kwargs or {}).items()
-            if k not in _RESERVED_TEMPLATE_KEYS
-        }
+        kwargs = template_kwargs(body.chat_template_kwargs, ctx.chat_template, esc)
         # Under a guide the grammar holds from the first token (the backend has no reasoning
         # phase before it), so Qwen3 answers without thinking unless the client asks.
         thinking = kwargs.get("enable_thinking", forced is None and not asks_for_guide(body))

@@ -35,7 +35,16 @@ class ProxySettings(BaseSettings):
     # Loopback by default: opening the API to the network is a decision the user makes (--host).
     host: str = "127.0.0.1"
     port: int = Field(default=9000, ge=0, le=65535)
-    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["*"])
+    cors_origins: Annotated[list[str] | None, NoDecode] = Field(
+        default=None,
+        description="browser origins allowed ('*' = any, '' = none); default: localhost"
+        " origins only without an API key, '*' with one (proxy/browser_guard.py)",
+    )
+    allowed_hosts: Annotated[list[str] | None, NoDecode] = Field(
+        default=None,
+        description="Host header names accepted besides the bound address and localhost"
+        " ('*' = any); default check off when bound to 0.0.0.0/::",
+    )
     api_key: SecretStr | None = None
     max_in_flight: int = Field(default=512, ge=0, description="0 = unlimited; beyond it: 429")
     max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
@@ -57,6 +66,23 @@ class ProxySettings(BaseSettings):
         default=65_536, ge=1, description="characters of one tool definition as JSON (400)"
     )
     max_logit_bias: int = Field(default=300, ge=0, description="logit_bias entries (400)")
+    header_timeout: float = Field(
+        default=10.0, gt=0, description="seconds from a request's first byte to its last header"
+    )
+    body_timeout: float = Field(
+        default=60.0, gt=0, description="seconds from a request's headers to its last body byte"
+    )
+    max_connections: int = Field(
+        default=2048, ge=0, description="open HTTP connections (0 = no cap); beyond: closed"
+    )
+    template_timeout: float = Field(
+        default=2.0, gt=0, description="seconds one chat-template render may take (400)"
+    )
+    max_template_chars: int = Field(
+        default=4_000_000,
+        ge=1024,
+        description="characters a chat-template render may produce or build (400)",
+    )
     max_n: int = Field(default=16, ge=1, description="choices per request, n (400 beyond)")
     default_max_tokens: int | None = Field(
         default=None,
@@ -144,7 +170,7 @@ class ProxySettings(BaseSettings):
     def triton_urls(self) -> list[str]:
         return self.triton_url.split(",")
 
-    @field_validator("cors_origins", mode="before")
+    @field_validator("cors_origins", "allowed_hosts", mode="before")
     @classmethod
     def _split_origins(cls, value: object) -> object:
         # Env and CLI give "a,b"; an empty string turns CORS off.
