@@ -136,18 +136,23 @@ def _too_large(size: int, limit: int) -> PayloadTooLarge:
 
 def _open_engine(settings: ProxySettings) -> Engine:
     """One Triton: its client, as before. Several: a pool routing between them."""
-    urls = settings.triton_urls()
-    if len(urls) == 1:
-        from trtllm_stack.triton.client import EngineClient
+    from trtllm_stack.triton.client import EngineClient
 
-        return EngineClient(urls[0], settings.triton_model)
+    urls = settings.triton_urls()
+    keepalive = settings.engine_keepalive()
+
+    def client(url: str, model: str) -> Engine:
+        return EngineClient(url, model, keepalive=keepalive)
+
+    if len(urls) == 1:
+        return client(urls[0], settings.triton_model)
     policy = RoutingPolicy(
         block_tokens=settings.prefix_affinity_tokens,
         balance_ratio=settings.affinity_balance_ratio,
         balance_slack=settings.affinity_balance_slack,
         health_interval=settings.replica_health_interval,
     )
-    return ReplicaPool(urls, settings.triton_model, policy)
+    return ReplicaPool(urls, settings.triton_model, policy, engine_factory=client)
 
 
 async def _pool_ready(pool: ReplicaPool) -> Response:

@@ -17,6 +17,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
+from trtllm_stack.triton.client import EngineError
+from trtllm_stack.triton.grpc_wire import Status
+
 log = logging.getLogger("trtllm_stack.proxy")
 
 
@@ -87,6 +90,23 @@ class BackendTimeout(ProxyError):
     status = 504
     type = "server_error"
     code = "backend_timeout"
+
+
+def engine_failure(exc: BaseException, doing: str = "the request") -> ProxyError:
+    """The one mapping from an engine failure to the OpenAI error the client sees, by gRPC
+    status: no engine to talk to (UNAVAILABLE, NOT_FOUND) 503, silence or a deadline
+    (DEADLINE_EXCEEDED) 504, anything else the engine said 502. ``doing`` names the step."""
+    if isinstance(exc, ProxyError):
+        return exc
+    if isinstance(exc, EngineError):
+        status = exc.status
+        if status in (Status.UNAVAILABLE, Status.NOT_FOUND):
+            return BackendUnavailable(f"the inference backend is unavailable: {exc}")
+        if status == Status.DEADLINE_EXCEEDED:
+            return BackendTimeout(str(exc))
+        return BackendFailed(f"the inference backend failed {doing}: {exc}")
+    log.error("unexpected backend failure: %r", exc, exc_info=exc)
+    return BackendFailed(f"the inference backend failed {doing}")
 
 
 def error_body(
