@@ -146,7 +146,7 @@ class ProxySettings(BaseSettings):
         " is not re-tokenized every turn; 0 = off",
     )
     prompt_inline_chars: int = Field(
-        default=4096,
+        default=2048,
         ge=0,
         description="prompts up to this many characters are templated and tokenized on the"
         " event loop; longer ones in the prompt thread (see docs/bench.md, prompt time)",
