@@ -21,6 +21,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from trtllm_stack.proxy import request_limits
+from trtllm_stack.proxy.browser_guard import BrowserGuard, cors_policy
 from trtllm_stack.proxy.engine import Engine
 from trtllm_stack.proxy.errors import (
     BackendUnavailable,
@@ -32,6 +33,7 @@ from trtllm_stack.proxy.errors import (
     json_response,
 )
 from trtllm_stack.proxy.metrics import ProxyMetrics
+from trtllm_stack.proxy.openapi_doc import body_schema, install_openapi
 from trtllm_stack.proxy.protocol import ChatCompletionRequest, CompletionRequest
 from trtllm_stack.proxy.replicas import ReplicaMetrics, ReplicaPool, RoutingPolicy
 from trtllm_stack.proxy.serving_base import ServingContext
@@ -128,39 +130,34 @@ async def parse_body(request: Request, model: type[M]) -> M:
         raise RequestValidationError(errors) from None
 
 
-def _body_schema(model: type[BaseModel]) -> dict[str, Any]:
-    # Keeps the request body in /openapi.json although the route reads it itself.
-    return {
-        "requestBody": {
-            "required": True,
-            "content": {"application/json": {"schema": model.model_json_schema()}},
-        }
-    }
-
-
 def _too_large(size: int, limit: int) -> PayloadTooLarge:
     return PayloadTooLarge(f"request body of {size}+ bytes exceeds the limit of {limit} bytes")
 
 
 def _open_engine(settings: ProxySettings) -> Engine:
     """One Triton: its client, as before. Several: a pool routing between them."""
-    urls = settings.triton_urls()
-    if len(urls) == 1:
-        from trtllm_stack.triton.client import EngineClient
+    from trtllm_stack.triton.client import EngineClient
 
-        return EngineClient(urls[0], settings.triton_model)
+    urls = settings.triton_urls()
+    keepalive = settings.engine_keepalive()
+
+    def client(url: str, model: str) -> Engine:
+        return EngineClient(url, model, keepalive=keepalive)
+
+    if len(urls) == 1:
+        return client(urls[0], settings.triton_model)
     policy = RoutingPolicy(
         block_tokens=settings.prefix_affinity_tokens,
         balance_ratio=settings.affinity_balance_ratio,
         balance_slack=settings.affinity_balance_slack,
         health_interval=settings.replica_health_interval,
     )
-    return ReplicaPool(urls, settings.triton_model, policy)
+    return ReplicaPool(urls, settings.triton_model, policy, engine_factory=client)
 
 
 async def _pool_ready(pool: ReplicaPool) -> Response:
     """200 while at least one replica is ready; the body lists every replica."""
-    replicas = await pool.check_all()
+    replicas = await pool.status()
     n_ready = sum(r["ready"] for r in replicas)
     if n_ready:
         return json_response(
@@ -217,15 +214,19 @@ def create_app(
     install_error_handlers(app, metrics.count_error)
     api_key = settings.api_key.get_secret_value() if settings.api_key else None
     app.add_middleware(GuardMiddleware, api_key=api_key, max_body_bytes=settings.max_body_bytes)
-    if settings.cors_origins:
+    origins, origin_regex = cors_policy(settings)
+    if origins or origin_regex:
         app.add_middleware(
             CORSMiddleware,
-            allow_origins=settings.cors_origins,
+            allow_origins=origins,
+            allow_origin_regex=origin_regex,
             allow_methods=["GET", "POST", "OPTIONS"],
             allow_headers=["*"],
-            allow_credentials="*" not in settings.cors_origins,
+            allow_credentials="*" not in origins,
             max_age=600,
         )
+    # Outermost: Host / Origin / Content-Type refused before anything reads the body.
+    app.add_middleware(BrowserGuard, settings=settings)
 
     model_card = {
         "id": settings.served_model_name,
@@ -262,16 +263,21 @@ def create_app(
             raise ModelNotFound(f"model '{model_id}' does not exist", param="model")
         return json_response(200, model_card)
 
-    @app.post("/v1/chat/completions", openapi_extra=_body_schema(ChatCompletionRequest))
+    @app.post("/v1/chat/completions", openapi_extra=body_schema(ChatCompletionRequest))
     async def chat_completions(request: Request) -> Response:
         body = await parse_body(request, ChatCompletionRequest)
         request_limits.check_chat(body, settings)
         return await chat.handle(request, body)
 
-    @app.post("/v1/completions", openapi_extra=_body_schema(CompletionRequest))
+    @app.post("/v1/completions", openapi_extra=body_schema(CompletionRequest))
     async def text_completions(request: Request) -> Response:
         body = await parse_body(request, CompletionRequest)
         request_limits.check_completion(body, settings)
         return await completions.handle(request, body)
 
+    install_openapi(
+        app,
+        [ChatCompletionRequest, CompletionRequest],
+        streaming={"/v1/chat/completions", "/v1/completions"},
+    )
     return app

@@ -22,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from trtllm_stack.proxy.engine import ChunkStream
-from trtllm_stack.proxy.errors import InvalidRequest, ProxyError, json_response
+from trtllm_stack.proxy.errors import InvalidRequest, ProxyError, engine_failure, json_response
 from trtllm_stack.triton.tensors import EngineRequest
 
 _SEED_LIMIT = 2**64
@@ -68,7 +68,7 @@ async def serve_n(
     aggregate: Callable[[ChunkStream, Any], Awaitable[dict[str, Any]]],
 ) -> Response:
     """Like serve_plan's non-stream path, with n engine requests under one lease."""
-    from trtllm_stack.proxy.serving_base import ClientGone, backend_error, until_disconnect
+    from trtllm_stack.proxy.serving_base import ClientGone, until_disconnect
 
     lease = ctx.admit()
     pumps: list[ChunkStream] = []
@@ -92,7 +92,7 @@ async def serve_n(
         raise
     except Exception as exc:
         close_all()
-        raise backend_error(exc) from None
+        raise engine_failure(exc) from None
     except BaseException:
         close_all()
         raise

@@ -3,16 +3,10 @@
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from starlette.requests import Request
-from starlette.responses import Response
-
-from trtllm_stack.proxy.choices import check_n
-from trtllm_stack.proxy.engine import ChunkStream
 from trtllm_stack.proxy.errors import InvalidRequest
 from trtllm_stack.proxy.guided import (
     ForcedTools,
@@ -24,16 +18,12 @@ from trtllm_stack.proxy.guided import (
 from trtllm_stack.proxy.protocol import ChatCompletionRequest, ChatMessage, NamedToolChoice
 from trtllm_stack.proxy.request_limits import template_kwargs, template_limit_error
 from trtllm_stack.proxy.serving_base import (
-    Lease,
+    Collected,
+    Plan,
+    RequestRunner,
     ServingContext,
     chat_logprobs,
-    collect,
-    count_finished,
     new_request_id,
-    serve_plan,
-    stamp_usage,
-    stream_failed,
-    stream_finished,
     usage,
 )
 from trtllm_stack.proxy.sse import ChunkTemplate, dumps
@@ -47,30 +37,20 @@ from trtllm_stack.text.tool_calls import (
     new_call_id,
     parse_tool_calls,
 )
-from trtllm_stack.triton.tensors import EngineChunk, EngineRequest
+from trtllm_stack.triton.tensors import EngineChunk
 
 _REQUIRED_TOOL_HINT = "You must call at least one of the provided functions in your reply."
 _NAMED_TOOL_HINT = "You must call the function `{name}` in your reply."
 
 
 @dataclass(slots=True)
-class ChatPlan:
+class ChatPlan(Plan):
     """Everything decided before the engine is asked: prompt, parsing, output shape."""
 
-    request_id: str
-    created: int
-    model: str
-    engine_req: EngineRequest
-    prompt_tokens: int
-    stops: list[str]
     tool_names: list[str] | None  # None: no tool-call parsing
     thinking_enabled: bool
     think_in_prompt: bool
     reasoning: bool
-    include_usage: bool
-    n: int  # choices (n > 1: proxy/choices.py)
-    continuous_usage: bool  # stream_options.continuous_usage_stats (vLLM)
-    want_logprobs: bool
     tool_call_streaming: ToolCallStreaming = "incremental"
     # tool_choice required/named: the output is guided JSON, read back as calls (guided.py).
     forced_tools: ForcedTools | None = None
@@ -162,9 +142,9 @@ def _check_unsupported(body: ChatCompletionRequest) -> None:
         )
 
 
-class ChatService:
-    def __init__(self, ctx: ServingContext) -> None:
-        self.ctx = ctx
+class ChatService(RequestRunner[ChatPlan]):
+    endpoint = "chat"
+    chunk_object = "chat.completion.chunk"
 
     def _render(
         self,
@@ -261,32 +241,16 @@ class ChatService:
                 body.stream and body.stream_options and body.stream_options.include_usage
             ),
             continuous_usage=body.continuous_usage(),
-            n=check_n(body.n, bool(body.stream)),
             want_logprobs=want_logprobs,
             tool_call_streaming=ctx.settings.tool_call_streaming,
             forced_tools=forced,
             parallel_tool_calls=body.parallel_tool_calls is not False,
         )
 
-    async def handle(self, request: Request, body: ChatCompletionRequest) -> Response:
-        ctx = self.ctx
-        ctx.metrics.requests.labels("chat").inc()
-        plan = await self.plan(body)
-        ctx.metrics.prompt_tokens.inc(plan.prompt_tokens)
-        return await serve_plan(
-            ctx,
-            request,
-            plan,
-            stream=bool(body.stream),
-            aggregate=lambda pump, lease: self._aggregate(plan, pump, lease),
-            events=lambda pump, first, lease: self._stream(plan, pump, first, lease),
-        )
-
     # -- non-streaming ---------------------------------------------------------------
 
-    async def _aggregate(self, plan: ChatPlan, pump: ChunkStream, lease: Lease) -> dict[str, Any]:
+    def reply(self, plan: ChatPlan, got: Collected) -> tuple[dict[str, Any], str]:
         ctx = self.ctx
-        got = await collect(ctx, plan.engine_req, pump, lease, plan.stops, plan.want_logprobs)
         text = got.text
         reasoning: str | None = None
         if plan.reasoning:
@@ -319,13 +283,12 @@ class ChatService:
                     for c in calls
                 ]
                 finish = "tool_calls"
-        count_finished(ctx, got.completion_tokens, finish)
         logprobs = (
             chat_logprobs(ctx.tokenizer, got.token_ids, got.log_probs)
             if plan.want_logprobs
             else None
         )
-        return {
+        result = {
             "id": plan.request_id,
             "object": "chat.completion",
             "created": plan.created,
@@ -335,27 +298,27 @@ class ChatService:
             ],
             "usage": usage(plan.prompt_tokens, got.completion_tokens),
         }
+        return result, finish
 
     # -- streaming -------------------------------------------------------------------
 
-    async def _stream(
-        self,
-        plan: ChatPlan,
-        pump: ChunkStream,
-        first: list[EngineChunk] | None,
-        lease: Lease,
-    ) -> AsyncIterator[bytes]:
-        ctx = self.ctx
-        metrics = ctx.metrics
-        head: dict[str, Any] = {
-            "id": plan.request_id,
-            "object": "chat.completion.chunk",
-            "created": plan.created,
-            "model": plan.model,
-        }
+    def stream_output(self, plan: ChatPlan, head: dict[str, Any], out: list[bytes]) -> DeltaOutput:
         tpl = ChunkTemplate(head, "delta")
-        rkey = _REASONING_KEYS[ctx.settings.reasoning_field]
-        pipeline = TextPipeline(
+        out.append(tpl.chunk(b'{"role":"assistant","content":""}'))
+        return DeltaOutput(self.ctx, plan, tpl)
+
+
+class DeltaOutput:
+    """Chat stream chunks: ``choices[0].delta`` with reasoning, content and tool calls."""
+
+    __slots__ = ("_ctx", "_pipeline", "_plan", "_rkeys", "_shaper", "_tpl")
+
+    def __init__(self, ctx: ServingContext, plan: ChatPlan, tpl: ChunkTemplate) -> None:
+        self._ctx = ctx
+        self._plan = plan
+        self._tpl = tpl
+        self._rkeys = _REASONING_KEYS[ctx.settings.reasoning_field]
+        self._pipeline = TextPipeline(
             ctx.tokenizer,
             stops=plan.stops,
             reasoning=plan.reasoning,
@@ -364,88 +327,44 @@ class ChatService:
             tool_names=plan.tool_names,
             tool_call_streaming=plan.tool_call_streaming,
         )
-        want_lp = plan.want_logprobs
-        shaper = _CallShaper(plan) if plan.forced_tools or not plan.parallel_tool_calls else None
-        out: list[bytes] = [tpl.chunk(b'{"role":"assistant","content":""}')]
-        n_out = 0
-        last = -1
-        last_at = 0.0
-        batch = first
-        try:
-            try:
-                while batch is not None:
-                    if len(batch) == 1:
-                        ids = batch[0].token_ids
-                    else:
-                        ids = [t for c in batch for t in c.token_ids]
-                    final = batch[-1].final
-                    if ids:
-                        now = time.perf_counter()
-                        if n_out == 0:
-                            metrics.ttft.observe(now - lease.start)
-                        else:
-                            metrics.inter_token.observe((now - last_at) / len(ids))
-                        last_at = now
-                        n_out += len(ids)
-                        last = ids[-1]
-                        r, c, deltas = pipeline.push(ids)
-                        if shaper is not None:
-                            c, deltas = shaper.push(c, deltas)
-                        if want_lp:
-                            lps = [lp for ch in batch for lp in ch.log_probs or ()]
-                            lp_json = dumps(chat_logprobs(ctx.tokenizer, ids, lps))
-                            out.append(tpl.chunk(_delta_body(r, c, deltas, rkey), lp_json))
-                        elif r or c or deltas:
-                            out.append(tpl.chunk(_delta_body(r, c, deltas, rkey)))
-                    if final or pipeline.stopped:
-                        break
-                    if out:
-                        if plan.continuous_usage:
-                            stamp_usage(out, plan.prompt_tokens, n_out)
-                        yield b"".join(out)
-                        out.clear()
-                    batch = await pump.next_batch()
-            finally:
-                pump.close()
-        except Exception as exc:
-            yield stream_failed(ctx, exc, out, lease)
-            return
+        # tool_choice required/named, parallel_tool_calls false (see _CallShaper).
+        self._shaper = (
+            _CallShaper(plan) if plan.forced_tools or not plan.parallel_tool_calls else None
+        )
+
+    @property
+    def stopped(self) -> bool:
+        return self._pipeline.stopped
+
+    def push(self, ids: list[int], batch: list[EngineChunk], out: list[bytes]) -> None:
+        r, c, deltas = self._pipeline.push(ids)
+        if self._shaper is not None:
+            c, deltas = self._shaper.push(c, deltas)
+        if self._plan.want_logprobs:
+            lps = [lp for ch in batch for lp in ch.log_probs or ()]
+            lp_json = dumps(chat_logprobs(self._ctx.tokenizer, ids, lps))
+            out.append(self._tpl.chunk(_delta_body(r, c, deltas, self._rkeys), lp_json))
+        elif r or c or deltas:
+            out.append(self._tpl.chunk(_delta_body(r, c, deltas, self._rkeys)))
+
+    def finish(self, out: list[bytes], finish: str) -> str:
+        pipeline = self._pipeline
+        shaper = self._shaper
         r, c, deltas = pipeline.finish()
         if shaper is not None:
             c, deltas = shaper.push(c, deltas)
             c, deltas = shaper.finish(c, deltas)
         if r or c or deltas:
-            out.append(tpl.chunk(_delta_body(r, c, deltas, rkey)))
+            out.append(self._tpl.chunk(_delta_body(r, c, deltas, self._rkeys)))
         if shaper is not None and shaper.called:
-            finish = ctx.finish_reason(plan.engine_req, n_out, last)
             finish = "tool_calls" if finish == "stop" else finish
         elif pipeline.called_tools:
-            finish = "tool_calls"
             # A call already streamed and then cut off by max_tokens cannot be taken back;
             # "length" tells the client its arguments are incomplete (as OpenAI does).
-            if (
-                pipeline.tool_call_truncated
-                and not pipeline.stopped
-                and ctx.finish_reason(plan.engine_req, n_out, last) == "length"
-            ):
-                finish = "length"
-        elif pipeline.stopped:
-            finish = "stop"
-        else:
-            finish = ctx.finish_reason(plan.engine_req, n_out, last)
-        out.append(tpl.final(b"{}", finish))
-        if plan.continuous_usage:
-            stamp_usage(out, plan.prompt_tokens, n_out)
-        yield stream_finished(
-            ctx,
-            out,
-            head,
-            prompt_tokens=plan.prompt_tokens,
-            completion_tokens=n_out,
-            include_usage=plan.include_usage,
-            finish=finish,
-            lease=lease,
-        )
+            truncated = pipeline.tool_call_truncated and not pipeline.stopped
+            finish = "length" if truncated and finish == "length" else "tool_calls"
+        out.append(self._tpl.final(b"{}", finish))
+        return finish
 
 
 def _call_json(name: str, arguments: str) -> dict[str, Any]:

@@ -1,4 +1,7 @@
-"""Proxy settings: defaults, ``TRTLLM_STACK_*`` environment variables, CLI flags on top."""
+"""Proxy settings: defaults, ``TRTLLM_STACK_*`` environment variables, CLI flags on top.
+
+Each field is the whole definition of a setting: its ``--flag`` and help are generated from
+the type, default and description (proxy/settings_flags.py), so give every field one."""
 
 from __future__ import annotations
 
@@ -9,6 +12,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from trtllm_stack.tokenizer import bundled_qwen3_tokenizer_dir
+from trtllm_stack.triton.grpc_wire import Keepalive
 
 
 class ProxySettings(BaseSettings):
@@ -24,7 +28,11 @@ class ProxySettings(BaseSettings):
     triton_model: str = Field(
         default="tensorrt_llm", description="Triton model that runs the engine"
     )
-    served_model_name: str = Field(default="qwen3", description="model id clients ask for")
+    served_model_name: str = Field(
+        default="qwen3",
+        description="model id clients ask for (others get 404)",
+        json_schema_extra={"cli_flag": "--model-name"},
+    )
     tokenizer_dir: Path | None = Field(
         default=None,
         description="tokenizer files; default: the engine dir's, else the bundled Qwen3",
@@ -33,13 +41,30 @@ class ProxySettings(BaseSettings):
         default=None, description="engine dir (its tokenizer files are used)"
     )
     # Loopback by default: opening the API to the network is a decision the user makes (--host).
-    host: str = "127.0.0.1"
-    port: int = Field(default=9000, ge=0, le=65535)
-    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["*"])
-    api_key: SecretStr | None = None
-    max_in_flight: int = Field(default=512, ge=0, description="0 = unlimited; beyond it: 429")
-    max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
-    max_messages: int = Field(default=2048, ge=1)
+    host: str = Field(
+        default="127.0.0.1", description="bind address (0.0.0.0 opens it to the network)"
+    )
+    port: int = Field(default=9000, ge=0, le=65535, description="HTTP port")
+    cors_origins: Annotated[list[str] | None, NoDecode] = Field(
+        default=None,
+        description="browser origins allowed ('*' = any, '' = none); default: localhost"
+        " origins only without an API key, '*' with one (proxy/browser_guard.py)",
+    )
+    allowed_hosts: Annotated[list[str] | None, NoDecode] = Field(
+        default=None,
+        description="Host header names accepted besides the bound address and localhost"
+        " ('*' = any); default check off when bound to 0.0.0.0/::",
+    )
+    api_key: SecretStr | None = Field(
+        default=None, description="the Bearer key clients must send (none: any key)"
+    )
+    max_in_flight: int = Field(
+        default=512, ge=0, description="requests in flight before 429 (0 = unlimited)"
+    )
+    max_body_bytes: int = Field(
+        default=8 * 1024 * 1024, ge=1024, description="request body limit in bytes (413)"
+    )
+    max_messages: int = Field(default=2048, ge=1, description="messages per chat request (400)")
     # Cost bounds checked before any prompt work (proxy/request_limits.py): each is a 400
     # naming the limit and this setting. Defaults leave every request an engine with a
     # 128k-token context can serve well inside them.
@@ -83,6 +108,18 @@ class ProxySettings(BaseSettings):
     backend_timeout: float = Field(
         default=60.0, gt=0, description="seconds without a token from Triton before a request fails"
     )
+    engine_keepalive_time: float = Field(
+        default=30.0,
+        ge=0,
+        description="seconds of silence on the Triton connection, with requests open, before"
+        " an HTTP/2 PING (0 = no PINGs)",
+    )
+    engine_keepalive_timeout: float = Field(
+        default=20.0,
+        gt=0,
+        description="seconds to wait for Triton after that PING before the connection and"
+        " its requests fail (503) and new requests reconnect",
+    )
     send_timeout: float = Field(
         default=30.0,
         gt=0,
@@ -109,7 +146,7 @@ class ProxySettings(BaseSettings):
         " is not re-tokenized every turn; 0 = off",
     )
     prompt_inline_chars: int = Field(
-        default=4096,
+        default=2048,
         ge=0,
         description="prompts up to this many characters are templated and tokenized on the"
         " event loop; longer ones in the prompt thread (see docs/bench.md, prompt time)",
@@ -117,7 +154,7 @@ class ProxySettings(BaseSettings):
     prompt_threads: int = Field(
         default=1, ge=1, le=64, description="threads that template and tokenize long prompts"
     )
-    log_level: str = "info"
+    log_level: str = Field(default="info", description="uvicorn log level")
     workers: int = Field(
         default=1,
         ge=1,
@@ -138,7 +175,7 @@ class ProxySettings(BaseSettings):
         default=1.25,
         ge=1.0,
         description="a request follows its prefix's replica while that replica has at most"
-        " max(least + slack, ratio * least) requests in flight",
+        " max(mean + slack, ratio * mean) requests in flight",
     )
     affinity_balance_slack: int = Field(
         default=2, ge=0, description="absolute part of that bound (see affinity_balance_ratio)"
@@ -161,7 +198,7 @@ class ProxySettings(BaseSettings):
     def triton_urls(self) -> list[str]:
         return self.triton_url.split(",")
 
-    @field_validator("cors_origins", mode="before")
+    @field_validator("cors_origins", "allowed_hosts", mode="before")
     @classmethod
     def _split_origins(cls, value: object) -> object:
         # Env and CLI give "a,b"; an empty string turns CORS off.
@@ -173,6 +210,11 @@ class ProxySettings(BaseSettings):
     @classmethod
     def _empty_key_is_none(cls, value: object) -> object:
         return None if value == "" else value
+
+    def engine_keepalive(self) -> Keepalive | None:
+        if not self.engine_keepalive_time:
+            return None
+        return Keepalive(self.engine_keepalive_time, self.engine_keepalive_timeout)
 
     def resolve_tokenizer_dir(self) -> Path:
         """--tokenizer-dir, else the engine dir (the build copies tokenizer files there),

@@ -55,7 +55,7 @@ def split_points(backend: Any) -> dict[str, int]:
 class BlockTokenCache:
     """``encode(text)`` equal to ``backend.encode(text, add_special_tokens=False).ids``.
 
-    Misses are encoded with ``encode_batch``, which releases the GIL (measured:
+    Misses are encoded with ``encode_batch([block])``, which releases the GIL (measured:
     python/scripts/perf/gil_probe.py), so a worker thread running this does not stall the
     event loop. Thread-safe: the LRU is touched under a lock, encoding happens outside it.
     """
@@ -112,8 +112,9 @@ class BlockTokenCache:
                     missing.setdefault(part, []).append(i)
         if missing:
             texts = list(missing)
-            encoded = self._backend.encode_batch(texts, add_special_tokens=False)
-            fresh = [array("i", e.ids) for e in encoded]
+            # One block per call: encode_batch of many texts fans out over every core
+            # (rayon), which starved the event loop of CPU in the benchmark (bench.md).
+            fresh = [self._full(block) for block in texts]
             for block, ids in zip(texts, fresh, strict=True):
                 for i in missing[block]:
                     found[i] = ids
