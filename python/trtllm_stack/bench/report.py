@@ -268,7 +268,9 @@ def summary_table(result: dict[str, Any]) -> str:
             s = lv["summary"]
             row = [
                 t["label"],
-                level_label(lv["level"]) + (" (partial)" if lv.get("interrupted") else ""),
+                level_label(lv["level"])
+                + (" (partial)" if lv.get("interrupted") else "")
+                + (" FAILED" if s["completed"] == 0 else ""),
                 str(s["completed"]),
                 str(s["errors"]),
                 _f(s["ttft_ms"]["p50"], 2),
@@ -290,7 +292,19 @@ def summary_table(result: dict[str, Any]) -> str:
         for lv in t["levels"]:
             for reason, n in lv["summary"]["error_reasons"].items():
                 notes.append(f"{t['label']} {level_label(lv['level'])}: {n} x {reason}")
+    for label in failed_levels(result):
+        notes.append(f"FAILED {label}: no request succeeded")
     return _render(headers, rows) + "\n" + "\n".join(notes)
+
+
+def failed_levels(result: dict[str, Any]) -> list[str]:
+    """'target level' of every level without a single successful request."""
+    return [
+        f"{t['label']} {level_label(lv['level'])}"
+        for t in result["targets"]
+        for lv in t["levels"]
+        if lv["summary"]["completed"] == 0
+    ]
 
 
 # ---------------------------------------------------------------------------- plot
