@@ -184,3 +184,36 @@ def test_bench_against_a_dead_target_exits_1(tmp_path: Path, capsys) -> None:
     assert "without a successful request" in captured.err
     assert "FAILED" in captured.out
     assert load_result(out)["targets"][0]["levels"][0]["summary"]["completed"] == 0
+
+
+@pytest.mark.parametrize("levels", [[2], [1, 2, 3], [1, 4, 16, 64]])
+def test_plot_axes_start_at_zero_with_integer_level_ticks(levels, monkeypatch, tmp_path) -> None:
+    import matplotlib.figure
+
+    from trtllm_stack.bench import report
+
+    saved: list[matplotlib.figure.Figure] = []
+    real = matplotlib.figure.Figure.savefig
+    monkeypatch.setattr(
+        matplotlib.figure.Figure, "savefig", lambda f, *a, **k: (saved.append(f), real(f, *a, **k))
+    )
+    runs = [_run(c, 0.010 * c, 0.001) for c in levels]
+    result = result_json(
+        [TargetRuns("proxy", {"url": "u", "kind": "openai"}, runs)],
+        {},
+        {"cpu_count": 2},
+        None,
+        interrupted=False,
+        started_at="2026-01-01T00:00:00+00:00",
+    )
+    report.write_plot(result, tmp_path / "p.png")
+    for ax in saved[0].axes:
+        assert ax.get_ylim()[0] == 0
+        top = max(y for line in ax.get_lines() for y in line.get_ydata())
+        assert ax.get_ylim()[1] > top  # nothing clipped at the top
+        ticks = [t for t in ax.get_xticks() if t > 0]
+        assert ticks == levels  # the measured concurrencies, integers, nothing fractional
+        lo, hi = ax.get_xlim()
+        assert lo < min(levels) and hi > max(levels)
+        if ax.get_xscale() == "linear":
+            assert lo == 0
