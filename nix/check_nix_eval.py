@@ -20,12 +20,23 @@ def main() -> int:
     if py != nx:
         print(f"variant names differ:\n  python: {py}\n  nix:    {nx}", file=sys.stderr)
         return 1
+    py_dep = [(d.name, d.app_name, d.replicas, d.gpus) for d in table.deployments]
+    nx_dep = [
+        (d["name"], d["appName"], d["replicas"], d["gpus"])
+        for d in json.loads(os.environ["NIX_DEPLOYMENTS"])
+    ]
+    if py_dep != nx_dep:
+        print(f"deployments differ:\n  python: {py_dep}\n  nix:    {nx_dep}", file=sys.stderr)
+        return 1
     nix_nccl = json.loads(os.environ["NIX_NCCL"])
     py_nccl = NCCL_PCIE_DEFAULTS
     if dict(py_nccl) != nix_nccl:
         print(f"NCCL defaults differ: python {py_nccl} nix {nix_nccl}", file=sys.stderr)
         return 1
-    print(f"nix-eval: {len(nx)} variants and {len(nix_nccl)} NCCL defaults agree")
+    print(
+        f"nix-eval: {len(nx)} variants, {len(nx_dep)} deployments and {len(nix_nccl)} NCCL"
+        " defaults agree"
+    )
     return 0
 
 

@@ -37,6 +37,7 @@ in
       {
         nativeBuildInputs = [ pythonEnv ];
         NIX_VARIANTS = builtins.toJSON trtllm-stack-variants.variants;
+        NIX_DEPLOYMENTS = builtins.toJSON trtllm-stack-variants.deployments;
         NIX_NCCL = builtins.toJSON (import ./lib/nccl.nix).env;
       }
       ''

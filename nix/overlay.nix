@@ -20,13 +20,13 @@ in
   trtllm-stack-engines = byPackage;
   trtllm-stack-apps =
     builtins.listToAttrs (
-      map (v: {
-        name = v.appName;
+      map (d: {
+        name = d.appName;
         value = final.callPackage ./tritonserver-app.nix {
-          variant = v;
-          engine = final.trtllm-stack-engines.${v.packageName};
+          variant = d;
+          engine = final.trtllm-stack-engines.${d.packageName};
         };
-      }) variants.variants
+      }) variants.deployments
     )
     // {
       openai-qwen3 = final.callPackage ./openai-app.nix { };

@@ -16,6 +16,7 @@
   tokenizers,
   jinja2,
   orjson,
+  jsonschema,
   prometheus-client,
   httpx,
   aiohttp,
@@ -44,6 +45,7 @@ let
     tokenizers
     jinja2
     orjson
+    jsonschema
     prometheus-client
     httpx
     aiohttp

@@ -2,14 +2,27 @@
 {
   # `trtllm-stack triton` bound to one engine store path and its variant; the launcher derives
   # the world size (one MPI rank per GPU) from the variant and the engine's config.json.
-  tritonArgv = variant: engine: [
-    "trtllm-stack"
-    "triton"
-    "--engine"
-    "${engine}"
-    "--variant"
-    variant.name
-  ];
+  # A deployment with replicas > 1 adds `--replicas N`: N tritonservers, each on its own
+  # GPUs (CUDA_VISIBLE_DEVICES) and ports.
+  tritonArgv =
+    deployment: engine:
+    [
+      "trtllm-stack"
+      "triton"
+      "--engine"
+      "${engine}"
+      "--variant"
+      (deployment.variantName or deployment.name)
+    ]
+    ++ (
+      if (deployment.replicas or 1) > 1 then
+        [
+          "--replicas"
+          (toString deployment.replicas)
+        ]
+      else
+        [ ]
+    );
   # The OpenAI-compatible proxy on 9000 over Triton's gRPC port on this machine.
   proxyArgv = [
     "trtllm-stack"

@@ -18,6 +18,7 @@ let
       quantSuffix = if quant == model.default_quantization then "" else "-${lower quant}";
       tpSuffix = if tp == 1 then "" else "-tp${toString tp}";
       checkpoint = model.checkpoints.${quant};
+      dp = entry.dp or [ 1 ];
     in
     {
       name = "${entry.model}-${lower quant}-tp${toString tp}";
@@ -32,6 +33,7 @@ let
       maxSeqLen = entry.max_seq_len;
       maxNumTokens = entry.max_num_tokens;
       vramGbPerGpu = entry.vram_gb_per_gpu;
+      inherit dp;
       checkpoint = {
         inherit (checkpoint) repo revision;
         gpuArch = checkpoint.gpu_arch;
@@ -39,9 +41,26 @@ let
     };
 
   variants = map mkVariant table.variants;
+
+  # A variant served as `replicas` data-parallel copies: the variant's attributes (same engine
+  # package) with the deployment's name, app name and GPU count (tp x replicas).
+  mkDeployment =
+    v: replicas:
+    let
+      dpSuffix = if replicas == 1 then "" else "-dp${toString replicas}";
+    in
+    v
+    // {
+      variantName = v.name;
+      name = v.name + dpSuffix;
+      appName = v.appName + dpSuffix;
+      inherit replicas;
+      gpus = v.tp * replicas;
+    };
+  deployments = builtins.concatMap (v: map (mkDeployment v) v.dp) variants;
 in
 {
-  inherit variants;
+  inherit variants deployments;
   runtime = {
     tensorrtLlmVersion = table.runtime.tensorrt_llm_version;
     tritonImage = table.runtime.triton_image;
@@ -54,9 +73,9 @@ in
     }) variants
   );
   byAppName = builtins.listToAttrs (
-    map (v: {
-      name = v.appName;
-      value = v;
-    }) variants
+    map (d: {
+      name = d.appName;
+      value = d;
+    }) deployments
   );
 }

@@ -60,6 +60,9 @@ class Variant:
     max_seq_len: int
     max_num_tokens: int
     vram_gb_per_gpu: int
+    # Data parallelism: the replica counts served as apps (each replica a full copy of this
+    # engine on its own tp GPUs). The engine is the same for every count.
+    dp: tuple[int, ...] = (1,)
     # Prefix (KV-cache block) reuse in the model repository; `model-repo --no-kv-cache-reuse`
     # also turns it off. Optional in variants.toml, default on.
     kv_cache_reuse: bool = True
@@ -109,6 +112,32 @@ class Variant:
 
 
 @dataclass(frozen=True)
+class Deployment:
+    """A variant served as ``replicas`` data-parallel copies (``tp x replicas`` GPUs)."""
+
+    variant: Variant
+    replicas: int
+
+    @property
+    def _dp_suffix(self) -> str:
+        return "" if self.replicas == 1 else f"-dp{self.replicas}"
+
+    @property
+    def name(self) -> str:
+        """e.g. ``qwen3-32b-nvfp4-tp1-dp4``; with one replica the variant's name."""
+        return self.variant.name + self._dp_suffix
+
+    @property
+    def app_name(self) -> str:
+        """Nix app: ``tritonserver-qwen3-dp4``, ``tritonserver-qwen3-tp2-dp2``."""
+        return self.variant.app_name + self._dp_suffix
+
+    @property
+    def gpus(self) -> int:
+        return self.variant.tp * self.replicas
+
+
+@dataclass(frozen=True)
 class VariantTable:
     runtime: Runtime
     models: dict[str, Model]
@@ -120,6 +149,17 @@ class VariantTable:
                 return v
         known = ", ".join(v.name for v in self.variants)
         raise UserError(f"unknown variant {name!r}; known variants: {known}")
+
+    @property
+    def deployments(self) -> tuple[Deployment, ...]:
+        return tuple(Deployment(v, n) for v in self.variants for n in v.dp)
+
+    def deployment(self, name: str) -> Deployment:
+        """A variant or a ``-dpN`` deployment of one, by any of its names."""
+        for d in self.deployments:
+            if name in (d.name, d.app_name):
+                return d
+        return Deployment(self.get(name), 1)
 
 
 def _require(table: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
@@ -218,11 +258,27 @@ def parse_table(data: dict[str, Any]) -> VariantTable:
         }
         if ints["tp"] & (ints["tp"] - 1):
             raise UserError(f"variants.toml: {where}: tp must be a power of two, got {ints['tp']}")
+        dp = v.get("dp", [1])
+        if (
+            not isinstance(dp, list)
+            or not dp
+            or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in dp)
+            or len(set(dp)) != len(dp)
+        ):
+            raise UserError(
+                f"variants.toml: {where}: dp must be a list of distinct replica counts >= 1,"
+                f" got {dp!r}"
+            )
         reuse = _require(v, "kv_cache_reuse", bool, where) if "kv_cache_reuse" in v else True
-        variants.append(Variant(model=model, quantization=quant, kv_cache_reuse=reuse, **ints))
+        variants.append(
+            Variant(model=model, quantization=quant, dp=tuple(dp), kv_cache_reuse=reuse, **ints)
+        )
     seen: dict[str, int] = {}
     for i, var in enumerate(variants):
-        for n in (var.name, var.package_name, var.app_name):
+        names = [var.name, var.package_name, var.app_name]
+        names += [Deployment(var, n).name for n in var.dp if n > 1]
+        names += [Deployment(var, n).app_name for n in var.dp if n > 1]
+        for n in names:
             if n in seen:
                 raise UserError(
                     f"variants.toml: [[variants]] #{i + 1}: name {n!r} repeats entry #{seen[n] + 1}"

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from trtllm_stack.proxy import request_limits
 from trtllm_stack.proxy.engine import Engine
 from trtllm_stack.proxy.errors import (
     BackendUnavailable,
@@ -260,10 +261,14 @@ def create_app(
 
     @app.post("/v1/chat/completions", openapi_extra=_body_schema(ChatCompletionRequest))
     async def chat_completions(request: Request) -> Response:
-        return await chat.handle(request, await parse_body(request, ChatCompletionRequest))
+        body = await parse_body(request, ChatCompletionRequest)
+        request_limits.check_chat(body, settings)
+        return await chat.handle(request, body)
 
     @app.post("/v1/completions", openapi_extra=_body_schema(CompletionRequest))
     async def text_completions(request: Request) -> Response:
-        return await completions.handle(request, await parse_body(request, CompletionRequest))
+        body = await parse_body(request, CompletionRequest)
+        request_limits.check_completion(body, settings)
+        return await completions.handle(request, body)
 
     return app

@@ -7,7 +7,7 @@ plain dicts / pre-serialised bytes in the serving modules, not as models.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -17,7 +17,9 @@ _INT32_MAX = 2**31 - 1
 
 
 class _Tolerant(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    # strict: "5", true and "yes" are not numbers or booleans, as in OpenAI's API (lax
+    # pydantic would coerce them); JSON integers still fill float fields.
+    model_config = ConfigDict(extra="allow", strict=True)
 
 
 class TextPart(_Tolerant):
@@ -71,8 +73,32 @@ class StreamOptions(_Tolerant):
     include_usage: bool = False
 
 
+class JsonSchemaFormat(_Tolerant):
+    name: str | None = None
+    description: str | None = None
+    # OpenAI calls it "schema", which would shadow BaseModel.schema.
+    json_schema: dict[str, Any] | None = Field(default=None, alias="schema")
+    strict: bool | None = None
+
+
 class ResponseFormat(_Tolerant):
     type: str = "text"
+    json_schema: JsonSchemaFormat | None = None
+
+
+class StructuredOutputs(_Tolerant):
+    """vLLM's ``structured_outputs`` request object (vllm/sampling_params.py,
+    StructuredOutputsParams): one constraint and its options."""
+
+    json_: str | dict[str, Any] | None = Field(default=None, alias="json")
+    regex: str | None = None
+    choice: list[str] | None = None
+    grammar: str | None = None
+    json_object: bool | None = None
+    structural_tag: str | dict[str, Any] | None = None
+    disable_any_whitespace: bool = False
+    disable_additional_properties: bool = False
+    whitespace_pattern: str | None = None
 
 
 class _SamplingRequest(_Tolerant):
@@ -90,6 +116,19 @@ class _SamplingRequest(_Tolerant):
     min_tokens: int | None = Field(default=None, ge=0, le=_INT32_MAX)
     stop: str | list[str] | None = None
     n: int | None = Field(default=1, ge=1, le=128)
+    ignore_eos: bool = False
+    # Structured outputs: OpenAI's response_format, vLLM's structured_outputs and the
+    # guided_* fields vLLM had before it (proxy/guided.py maps them to the engine's guide).
+    response_format: ResponseFormat | None = None
+    structured_outputs: StructuredOutputs | None = None
+    guided_json: str | dict[str, Any] | None = None
+    guided_regex: str | None = None
+    guided_choice: list[str] | None = None
+    guided_grammar: str | None = None
+    guided_decoding_backend: str | None = None
+    guided_whitespace_pattern: str | None = None
+    # Not applied by this engine; typed and bounded (request_limits) so that it costs nothing.
+    logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100)]] | None = None
 
     @field_validator("stop")
     @classmethod
@@ -112,7 +151,6 @@ class ChatCompletionRequest(_SamplingRequest):
     max_completion_tokens: int | None = Field(default=None, ge=1, le=_INT32_MAX)
     logprobs: bool | None = False
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
-    response_format: ResponseFormat | None = None
     tools: list[ToolDef] | None = None
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool | None = None

@@ -37,6 +37,7 @@ from trtllm_stack.proxy.errors import (
     ProxyError,
     json_response,
 )
+from trtllm_stack.proxy.guided import Guide, request_guide
 from trtllm_stack.proxy.metrics import ProxyMetrics
 from trtllm_stack.proxy.protocol import _SamplingRequest
 from trtllm_stack.proxy.settings import ProxySettings
@@ -150,6 +151,7 @@ class ServingContext:
         max_tokens: int | None,
         want_log_probs: bool,
         chat: bool,
+        tool_guide: Guide | None = None,
     ) -> EngineRequest:
         limits = await self.limits()
         n_prompt = len(prompt_ids)
@@ -188,10 +190,23 @@ class ServingContext:
         if temperature == 0.0:
             # Greedy: TensorRT-LLM expresses it as top_k=1 (temperature 0 is not valid there).
             temperature, top_k = None, 1
+        guide = request_guide(body)
+        if tool_guide is not None:
+            if guide is not None:
+                raise InvalidRequest(
+                    "tool_choice required/named is enforced by a guide; it cannot be combined"
+                    " with another output constraint",
+                    param="tool_choice",
+                )
+            guide = tool_guide
+        # ignore_eos: end_id -1, as TensorRT-LLM's own executor worker sends it
+        # (tensorrt_llm/executor/worker.py: end_id=-1 if sampling_params.ignore_eos); the
+        # extra EOS-like stop ids go too.
+        ignore_eos = body.ignore_eos
         return EngineRequest(
             prompt_ids=prompt_ids,
             max_tokens=max_tokens,
-            end_id=self.end_id,
+            end_id=-1 if ignore_eos else self.end_id,
             pad_id=self.pad_id,
             streaming=True,
             temperature=temperature,
@@ -202,8 +217,10 @@ class ServingContext:
             presence_penalty=body.presence_penalty,
             frequency_penalty=body.frequency_penalty,
             min_tokens=body.min_tokens or None,
-            stop_token_sequences=self.extra_stop_ids if chat else (),
+            stop_token_sequences=self.extra_stop_ids if chat and not ignore_eos else (),
             return_log_probs=want_log_probs,
+            guide_type=guide.type if guide is not None else None,
+            guide=guide.text if guide is not None else None,
         )
 
     async def start(self, req: EngineRequest, request_id: str) -> ChunkStream:

@@ -14,6 +14,13 @@ from starlette.responses import Response
 
 from trtllm_stack.proxy.engine import ChunkStream
 from trtllm_stack.proxy.errors import InvalidRequest
+from trtllm_stack.proxy.guided import (
+    ForcedTools,
+    Guide,
+    asks_for_guide,
+    forced_tool_calls,
+    tool_choice_guide,
+)
 from trtllm_stack.proxy.protocol import ChatCompletionRequest, ChatMessage, NamedToolChoice
 from trtllm_stack.proxy.serving_base import (
     Lease,
@@ -34,6 +41,7 @@ from trtllm_stack.text.special_tokens import Escaper
 from trtllm_stack.text.tool_calls import (
     ToolCallDelta,
     ToolCallStreaming,
+    new_call_id,
     parse_tool_calls,
 )
 from trtllm_stack.triton.tensors import EngineChunk, EngineRequest
@@ -65,6 +73,9 @@ class ChatPlan:
     include_usage: bool
     want_logprobs: bool
     tool_call_streaming: ToolCallStreaming = "incremental"
+    # tool_choice required/named: the output is guided JSON, read back as calls (guided.py).
+    forced_tools: ForcedTools | None = None
+    parallel_tool_calls: bool = True
 
 
 def _message_text(msg: ChatMessage, index: int) -> str | None:
@@ -143,13 +154,6 @@ def _check_unsupported(body: ChatCompletionRequest) -> None:
             " log probability (use logprobs=true with top_logprobs=0)",
             param="top_logprobs",
         )
-    fmt = body.response_format.type if body.response_format is not None else "text"
-    if fmt != "text":
-        raise InvalidRequest(
-            f"response_format '{fmt}' is not supported (no constrained decoding in this"
-            " engine); ask for JSON in the prompt instead",
-            param="response_format",
-        )
 
 
 class ChatService:
@@ -192,6 +196,8 @@ class ChatService:
         names = [t["function"]["name"] for t in tool_defs]
         choice = body.tool_choice
         tool_names: list[str] | None = None
+        tool_guide: Guide | None = None
+        forced: ForcedTools | None = None
         if tool_defs and choice != "none":
             tool_names = names
             if isinstance(choice, NamedToolChoice):
@@ -203,8 +209,10 @@ class ChatService:
                 tool_defs = [t for t in tool_defs if t["function"]["name"] == name]
                 tool_names = [name]
                 _add_system_hint(messages, _NAMED_TOOL_HINT.format(name=name))
+                tool_guide, forced = tool_choice_guide(tool_defs, name, body.parallel_tool_calls)
             elif choice == "required":
                 _add_system_hint(messages, _REQUIRED_TOOL_HINT)
+                tool_guide, forced = tool_choice_guide(tool_defs, None, body.parallel_tool_calls)
         elif choice not in (None, "none", "auto"):
             raise InvalidRequest("tool_choice needs tools", param="tool_choice")
 
@@ -213,7 +221,9 @@ class ChatService:
             for k, v in (body.chat_template_kwargs or {}).items()
             if k not in _RESERVED_TEMPLATE_KEYS
         }
-        thinking = kwargs.get("enable_thinking", True)
+        # Under a guide the grammar holds from the first token (the backend has no reasoning
+        # phase before it), so Qwen3 answers without thinking unless the client asks.
+        thinking = kwargs.get("enable_thinking", forced is None and not asks_for_guide(body))
         thinking_enabled = thinking is not False
         kwargs["enable_thinking"] = thinking_enabled
         tools_arg = esc.json_value(tool_defs) if tool_names is not None else None
@@ -228,7 +238,12 @@ class ChatService:
         want_logprobs = bool(body.logprobs)
         max_tokens = body.max_completion_tokens or body.max_tokens
         engine_req = await ctx.engine_request(
-            body, prompt_ids, max_tokens=max_tokens, want_log_probs=want_logprobs, chat=True
+            body,
+            prompt_ids,
+            max_tokens=max_tokens,
+            want_log_probs=want_logprobs,
+            chat=True,
+            tool_guide=tool_guide,
         )
         request_id, created = new_request_id("chatcmpl")
         return ChatPlan(
@@ -238,7 +253,7 @@ class ChatService:
             engine_req=engine_req,
             prompt_tokens=len(prompt_ids),
             stops=body.stop_list(),
-            tool_names=tool_names,
+            tool_names=tool_names if forced is None else None,
             thinking_enabled=thinking_enabled,
             think_in_prompt=text.rstrip().endswith("<think>"),
             reasoning=ctx.settings.reasoning_parser,
@@ -247,6 +262,8 @@ class ChatService:
             ),
             want_logprobs=want_logprobs,
             tool_call_streaming=ctx.settings.tool_call_streaming,
+            forced_tools=forced,
+            parallel_tool_calls=body.parallel_tool_calls is not False,
         )
 
     async def handle(self, request: Request, body: ChatCompletionRequest) -> Response:
@@ -278,8 +295,16 @@ class ChatService:
         if reasoning:
             message["reasoning_content"] = reasoning
         finish = got.finish_reason
-        if plan.tool_names is not None:
+        if plan.forced_tools is not None:
+            forced = forced_tool_calls(text, plan.forced_tools)
+            if forced:
+                message["content"] = None
+                message["tool_calls"] = [_call_json(n, a) for n, a in forced]
+                finish = "tool_calls" if finish == "stop" else finish
+        elif plan.tool_names is not None:
             content, calls = parse_tool_calls(text, plan.tool_names)
+            if calls and not plan.parallel_tool_calls:
+                calls = calls[:1]  # parallel_tool_calls false: the first call, as vLLM does
             if calls:
                 message["content"] = content or None
                 message["tool_calls"] = [
@@ -336,6 +361,7 @@ class ChatService:
             tool_call_streaming=plan.tool_call_streaming,
         )
         want_lp = plan.want_logprobs
+        shaper = _CallShaper(plan) if plan.forced_tools or not plan.parallel_tool_calls else None
         out: list[bytes] = [tpl.chunk(b'{"role":"assistant","content":""}')]
         n_out = 0
         last = -1
@@ -359,6 +385,8 @@ class ChatService:
                         n_out += len(ids)
                         last = ids[-1]
                         r, c, deltas = pipeline.push(ids)
+                        if shaper is not None:
+                            c, deltas = shaper.push(c, deltas)
                         if want_lp:
                             lps = [lp for ch in batch for lp in ch.log_probs or ()]
                             lp_json = dumps(chat_logprobs(ctx.tokenizer, ids, lps))
@@ -377,9 +405,15 @@ class ChatService:
             yield stream_failed(ctx, exc, out, lease)
             return
         r, c, deltas = pipeline.finish()
+        if shaper is not None:
+            c, deltas = shaper.push(c, deltas)
+            c, deltas = shaper.finish(c, deltas)
         if r or c or deltas:
             out.append(tpl.chunk(_delta_body(r, c, deltas)))
-        if pipeline.called_tools:
+        if shaper is not None and shaper.called:
+            finish = ctx.finish_reason(plan.engine_req, n_out, last)
+            finish = "tool_calls" if finish == "stop" else finish
+        elif pipeline.called_tools:
             finish = "tool_calls"
             # A call already streamed and then cut off by max_tokens cannot be taken back;
             # "length" tells the client its arguments are incomplete (as OpenAI does).
@@ -404,6 +438,46 @@ class ChatService:
             finish=finish,
             lease=lease,
         )
+
+
+def _call_json(name: str, arguments: str) -> dict[str, Any]:
+    return {
+        "id": new_call_id(),
+        "type": "function",
+        "function": {"name": name, "arguments": arguments},
+    }
+
+
+class _CallShaper:
+    """Stream side of tool_choice required/named (guided JSON held back, sent as calls at
+    the end: it is not a <tool_call> block the incremental parser could follow) and of
+    parallel_tool_calls false (deltas of calls after the first dropped)."""
+
+    __slots__ = ("_buf", "_forced", "_parallel", "called")
+
+    def __init__(self, plan: ChatPlan) -> None:
+        self._forced = plan.forced_tools
+        self._parallel = plan.parallel_tool_calls
+        self._buf: list[str] = []
+        self.called = False
+
+    def push(self, content: str, deltas: list[ToolCallDelta]) -> tuple[str, list[ToolCallDelta]]:
+        if self._forced is not None:
+            self._buf.append(content)
+            content = ""
+        if not self._parallel and deltas:
+            deltas = [d for d in deltas if d.index == 0]
+        return content, deltas
+
+    def finish(self, content: str, deltas: list[ToolCallDelta]) -> tuple[str, list[ToolCallDelta]]:
+        if self._forced is None:
+            return content, deltas
+        text = "".join(self._buf)
+        calls = forced_tool_calls(text, self._forced)
+        if not calls:
+            return text, deltas  # cut off before the document closed: the text as it is
+        self.called = True
+        return "", [ToolCallDelta(i, new_call_id(), n, a) for i, (n, a) in enumerate(calls)]
 
 
 def _delta_body(reasoning: str, content: str, deltas: list[ToolCallDelta]) -> bytes:

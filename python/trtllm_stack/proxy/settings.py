@@ -40,6 +40,24 @@ class ProxySettings(BaseSettings):
     max_in_flight: int = Field(default=512, ge=0, description="0 = unlimited; beyond it: 429")
     max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
     max_messages: int = Field(default=2048, ge=1)
+    # Cost bounds checked before any prompt work (proxy/request_limits.py): each is a 400
+    # naming the limit and this setting. Defaults leave every request an engine with a
+    # 128k-token context can serve well inside them.
+    max_stop_chars: int = Field(
+        default=1024, ge=1, description="characters per stop string (400 beyond)"
+    )
+    max_prompt_chars: int = Field(
+        default=1_000_000,
+        ge=1,
+        description="characters of prompt text across all fields: message content, names,"
+        " ids, tool-call arguments, tool definitions, tool_choice, template kwargs (400)",
+    )
+    max_tools: int = Field(default=128, ge=0, description="tools per request (OpenAI's limit)")
+    max_tool_chars: int = Field(
+        default=65_536, ge=1, description="characters of one tool definition as JSON (400)"
+    )
+    max_logit_bias: int = Field(default=300, ge=0, description="logit_bias entries (400)")
+    max_n: int = Field(default=16, ge=1, description="choices per request, n (400 beyond)")
     default_max_tokens: int | None = Field(
         default=None,
         ge=1,

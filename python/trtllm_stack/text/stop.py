@@ -1,12 +1,31 @@
 """Stop strings matched on streamed text, across chunk boundaries, never emitted.
 
-Per push the work is O(len(new text) * number of stops): the buffer searched is the new
-text plus the held-back tail, which is shorter than the longest stop string.
+Memory and time are linear: each stop string keeps its KMP failure function (one int per
+character) and the length of its prefix that the output currently ends with; a push costs
+O(len(text)) per stop string (amortized), whatever the stop strings hold. (The previous
+set of every prefix of every stop cost L^2/2 characters: a 400 KB stop string took the
+proxy to 22 GB.) Pushes whose text holds no stop's first character, with nothing held,
+are a C-level membership test per stop.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+
+
+def _failure(stop: str) -> list[int]:
+    """KMP failure function: ``fail[i]`` = length of the longest proper border of
+    ``stop[: i + 1]``."""
+    fail = [0] * len(stop)
+    k = 0
+    for i in range(1, len(stop)):
+        ch = stop[i]
+        while k and stop[k] != ch:
+            k = fail[k - 1]
+        if stop[k] == ch:
+            k += 1
+        fail[i] = k
+    return fail
 
 
 class StopMatcher:
@@ -16,13 +35,14 @@ class StopMatcher:
     stop string has been returned and every later push returns ``("", True)``.
     """
 
-    __slots__ = ("_firsts", "_held", "_max_hold", "_prefixes", "_stopped", "_stops")
+    __slots__ = ("_fails", "_held", "_matched", "_stopped", "_stops")
 
     def __init__(self, stops: Sequence[str]) -> None:
         self._stops = tuple(dict.fromkeys(s for s in stops if s))
-        self._prefixes = frozenset(s[:k] for s in self._stops for k in range(1, len(s)))
-        self._firsts = frozenset(s[0] for s in self._stops)
-        self._max_hold = max((len(s) - 1 for s in self._stops), default=0)
+        self._fails = tuple(_failure(s) for s in self._stops)
+        # Per stop: length of its longest prefix that the text seen so far ends with
+        # (always < its length: a full match stops the matcher).
+        self._matched = [0] * len(self._stops)
         self._held = ""
         self._stopped = False
 
@@ -35,38 +55,43 @@ class StopMatcher:
             return "", True
         if not self._stops:
             return text, False
-        buf = self._held + text if self._held else text
+        held = self._held
+        matched = self._matched
         # The stop that completes first wins (the longest one if several end together),
         # which is what a token-by-token check sees, whatever the chunking.
-        cut = -1
-        cut_end = -1
-        for stop in self._stops:
-            i = buf.find(stop)
-            if i != -1:
-                end = i + len(stop)
-                if cut == -1 or end < cut_end or (end == cut_end and i < cut):
-                    cut, cut_end = i, end
-        if cut != -1:
+        best_end = -1
+        best_len = 0
+        for n, stop in enumerate(self._stops):
+            k = matched[n]
+            start = 0
+            if k == 0:
+                start = text.find(stop[0])
+                if start == -1:
+                    continue
+            fail = self._fails[n]
+            last = len(stop)
+            for i in range(start, len(text)):
+                ch = text[i]
+                while k and stop[k] != ch:
+                    k = fail[k - 1]
+                if stop[k] == ch:
+                    k += 1
+                    if k == last:
+                        if best_end == -1 or i < best_end or (i == best_end and last > best_len):
+                            best_end, best_len = i, last
+                        break
+            matched[n] = k
+        buf = held + text if held else text
+        if best_end != -1:
             self._held = ""
             self._stopped = True
-            return buf[:cut], True
-        hold = self._hold_length(buf)
+            return buf[: len(held) + best_end + 1 - best_len], True
+        hold = max(matched)
         if hold:
             self._held = buf[-hold:]
             return buf[:-hold], False
         self._held = ""
         return buf, False
-
-    def _hold_length(self, buf: str) -> int:
-        """Length of the longest suffix of ``buf`` that is a proper prefix of a stop."""
-        start = max(0, len(buf) - self._max_hold)
-        tail = buf[start:]
-        firsts = self._firsts
-        # Longest candidate first; only positions holding a stop's first character.
-        for j, ch in enumerate(tail):
-            if ch in firsts and tail[j:] in self._prefixes:
-                return len(tail) - j
-        return 0
 
     def flush(self) -> str:
         held, self._held = self._held, ""

@@ -59,7 +59,7 @@ def build_request(
         tensor.name = name
         tensor.datatype = T.WIRE_DTYPES[name]
         tensor.shape.extend(array.shape)
-        msg.raw_input_contents.append(np.ascontiguousarray(array).tobytes())
+        msg.raw_input_contents.append(T.wire_bytes(array))
     for name in T.requested_outputs(req):
         msg.outputs.add().name = name
     msg.parameters[T.EMPTY_FINAL_RESPONSE_PARAM].bool_param = True

@@ -42,6 +42,14 @@ def register(subparsers: Any) -> None:
         metavar="N",
         help="MPI ranks to start (default: the engine's tp x pp; scripted: the variant's tp or 1)",
     )
+    p.add_argument(
+        "--replicas",
+        type=int,
+        metavar="N",
+        help="data parallelism: N tritonservers, each a full copy of the engine on its own"
+        " world-size GPUs (CUDA_VISIBLE_DEVICES) and ports (the given ones + 10 x replica);"
+        " default: the variant's -dpN, else 1",
+    )
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument("--http-port", type=int, default=8000, metavar="PORT")
     p.add_argument("--grpc-port", type=int, default=8001, metavar="PORT")
@@ -162,12 +170,17 @@ def run_triton(args: argparse.Namespace) -> int:
     from trtllm_stack.variants import load_table
 
     table = load_table()
-    variant = table.get(args.variant) if args.variant else None
+    deployment = table.deployment(args.variant) if args.variant else None
+    variant = deployment.variant if deployment else None
+    replicas = (
+        args.replicas if args.replicas is not None else (deployment.replicas if deployment else 1)
+    )
     scripted = args.engine == "scripted"
     warnings: list[str] = []
 
     ports = plan.Ports(args.http_port, args.grpc_port, args.metrics_port)
     plan.check_port_values(ports)
+    all_ports = plan.replica_ports(ports, replicas)
 
     # ---- engine and world size
     if scripted:
@@ -175,6 +188,7 @@ def run_triton(args: argparse.Namespace) -> int:
         engine_label = "the scripted engine"
         engine_summary = "scripted CPU engine"
         visible = None  # the scripted engine runs on CPU
+        smi = None
     else:
         engine_dir = Path(args.engine).expanduser().resolve()
         info = plan.read_engine_config(engine_dir)
@@ -192,19 +206,25 @@ def run_triton(args: argparse.Namespace) -> int:
         engine_world = info.world_size
         engine_label = f"engine {engine_dir}"
         engine_summary = f"{engine_dir} ({info.description})"
-        visible = plan.visible_gpu_count(os.environ, plan.nvidia_smi_list())
+        smi = plan.nvidia_smi_list()
+        visible = plan.visible_gpu_count(os.environ, smi)
     world = plan.resolve_world_size(
         engine_world, args.world_size, visible, engine_label=engine_label
     )
+    # Each replica gets its own world-size GPUs; the scripted engine runs on CPU but is
+    # pinned the same way, so the stand-in shows what a GPU box would get.
+    devices = plan.visible_devices(os.environ, smi)
+    source = visible[1] if visible else ""
+    pinning = plan.replica_devices(devices, replicas, world, source)
 
     # ---- ports
     if args.dry_run:
         try:
-            plan.check_ports_free(args.host, ports)
+            plan.check_replica_ports_free(args.host, all_ports)
         except UserError as exc:
             warnings.append(str(exc))
     else:
-        plan.check_ports_free(args.host, ports)
+        plan.check_replica_ports_free(args.host, all_ports)
 
     # ---- binaries and environment
     mpirun = _find_mpirun(args.mpirun)
@@ -232,31 +252,48 @@ def run_triton(args: argparse.Namespace) -> int:
         args.runtime_dir or plan.default_runtime_dir() / _label(args.engine, args.variant)
     ).resolve()
     repo_dir = runtime_dir / "model-repository"
-    spec = plan.LaunchSpec(
-        tritonserver=tritonserver,
-        model_repository=repo_dir,
-        world_size=world,
-        host=args.host,
-        ports=ports,
-        exported_env=tuple(sorted(launch_env)),
-        backend_directory=backend_dir,
-        mpirun=mpirun,
-        mpirun_extra=mpirun_extra,
-    )
-    argv = plan.build_launch_argv(spec)
+    launches: list[tuple[Any, list[str], dict[str, str]]] = []
+    for r, replica_ports in enumerate(all_ports):
+        env = dict(launch_env)
+        if pinning is not None:
+            env["CUDA_VISIBLE_DEVICES"] = pinning[r]
+        spec = plan.LaunchSpec(
+            tritonserver=tritonserver,
+            model_repository=repo_dir,
+            world_size=world,
+            host=args.host,
+            ports=replica_ports,
+            exported_env=tuple(sorted(env)),
+            backend_directory=backend_dir,
+            mpirun=mpirun,
+            mpirun_extra=mpirun_extra,
+        )
+        launches.append((spec, plan.build_launch_argv(spec), env))
 
     for w in warnings:
         print(f"trtllm-stack triton: warning: {w}", file=sys.stderr)
     if args.dry_run:
         print(f"# engine: {engine_summary}; world size {world}")
         print(f"# model repository (written at launch): {repo_dir}")
-        print("# environment passed to every rank (-x):")
-        for k in sorted(launch_env):
-            print(f"#   {k}={launch_env[k]}")
-        print(plan.format_command(argv, launch_env))
+        for r, (spec, argv, env) in enumerate(launches):
+            if replicas > 1:
+                print(f"# replica {r} of {replicas}: gRPC {spec.host}:{spec.ports.grpc}")
+            print("# environment passed to every rank (-x):")
+            for k in sorted(env):
+                print(f"#   {k}={env[k]}")
+            print(plan.format_command(argv, env))
+        if replicas > 1:
+            print(f"# proxy: --triton-url {_grpc_urls(plan, launches)}")
         return 0
 
-    return _launch(args, plan, spec, argv, launch_env, runtime_dir, variant, engine_summary)
+    if replicas > 1:
+        return _launch_replicas(args, plan, launches, runtime_dir, variant, engine_summary)
+    spec, argv, env = launches[0]
+    return _launch(args, plan, spec, argv, env, runtime_dir, variant, engine_summary)
+
+
+def _grpc_urls(plan: Any, launches: list[tuple[Any, list[str], dict[str, str]]]) -> str:
+    return ",".join(f"{plan.url_host(s.host)}:{s.ports.grpc}" for s, _, _ in launches)
 
 
 def _tokenizer_dir(args: argparse.Namespace) -> Path:
@@ -269,6 +306,129 @@ def _tokenizer_dir(args: argparse.Namespace) -> Path:
     from trtllm_stack.tokenizer import bundled_qwen3_tokenizer_dir
 
     return bundled_qwen3_tokenizer_dir()
+
+
+def _write_repository(
+    args: argparse.Namespace, repo_dir: Path, runtime_dir: Path, variant: Any
+) -> None:
+    from trtllm_stack.triton.model_repo import ScriptedEngineOptions, write_model_repository
+
+    scripted_options = None
+    if args.engine == "scripted":
+        scripted_options = ScriptedEngineOptions(
+            token_delay_ms=args.scripted_token_delay_ms,
+            event_log=runtime_dir / "scripted-events.jsonl",
+        )
+    engine: str | Path = (
+        "scripted" if args.engine == "scripted" else Path(args.engine).expanduser().resolve()
+    )
+    write_model_repository(
+        repo_dir,
+        engine=engine,
+        tokenizer_dir=_tokenizer_dir(args),
+        variant=variant,
+        scripted=scripted_options,
+        force=True,
+    )
+
+
+def _launch_replicas(
+    args: argparse.Namespace,
+    plan: Any,
+    launches: list[tuple[Any, list[str], dict[str, str]]],
+    runtime_dir: Path,
+    variant: Any,
+    engine_summary: str,
+) -> int:
+    """N replicas: one mpirun each (own GPUs, ports, logs), one model repository.
+
+    Started together, ready when every replica is; the first replica to fail (at start-up
+    or later) stops them all with its exit code, so a service manager restarts the set.
+    Replicas that must live and die on their own are separate launchers (own --runtime-dir,
+    ports and CUDA_VISIBLE_DEVICES), which the proxy routes between just the same.
+    """
+    from trtllm_stack.triton.launcher import (
+        LaunchFailure,
+        TritonLaunch,
+        become_subreaper,
+        install_stop_handlers,
+        print_failure,
+    )
+
+    lock = _lock_runtime_dir(runtime_dir)
+    running: list[TritonLaunch] = []
+    try:
+        _write_repository(args, launches[0][0].model_repository, runtime_dir, variant)
+        stop = threading.Event()
+        install_stop_handlers(stop)
+        become_subreaper()
+        for r, (spec, argv, env) in enumerate(launches):
+            host = plan.url_host(spec.host)
+            launch = TritonLaunch(
+                argv,
+                {**os.environ, **env},
+                world_size=spec.world_size,
+                ready_url=f"http://{host}:{spec.ports.http}/v2/health/ready",
+                log_dir=runtime_dir / "logs" / f"replica-{r}",
+                echo=None if args.quiet else sys.stderr,
+            )
+            try:
+                launch.start()
+            except OSError as exc:
+                raise UserError(f"cannot start {spec.mpirun}: {exc.strerror}") from None
+            running.append(launch)
+        print(
+            f"trtllm-stack triton: starting {len(launches)} replicas x"
+            f" {launches[0][0].world_size} rank(s) for {engine_summary}",
+            file=sys.stderr,
+            flush=True,
+        )
+        exit_code = 0
+        try:
+            for launch in running:
+                if not launch.wait_ready(args.ready_timeout, stop):
+                    break
+            else:
+                for r, (spec, _, env) in enumerate(launches):
+                    host = plan.url_host(spec.host)
+                    gpus = env.get("CUDA_VISIBLE_DEVICES", "-")
+                    print(
+                        f"Triton replica {r} ready (GPUs {gpus}): HTTP http://{host}:"
+                        f"{spec.ports.http}  gRPC {host}:{spec.ports.grpc}  metrics"
+                        f" http://{host}:{spec.ports.metrics}/metrics",
+                        flush=True,
+                    )
+                print(
+                    f"all {len(running)} replicas ready; proxy: trtllm-stack proxy"
+                    f" --triton-url {_grpc_urls(plan, launches)}"
+                    f"  (logs: {runtime_dir / 'logs'}; Ctrl-C stops)",
+                    flush=True,
+                )
+                while not stop.is_set():
+                    for launch in running:
+                        launch.check_running()
+                    stop.wait(1.0)
+        except LaunchFailure as failure:
+            print_failure(failure)
+            exit_code = failure.exit_code
+        if exit_code == 0:
+            print("trtllm-stack triton: stopping every replica", file=sys.stderr, flush=True)
+        return exit_code
+    finally:
+        # Stopped together: each stop() waits for its own ranks' grace period.
+        from concurrent.futures import ThreadPoolExecutor
+
+        swept: list[int] = []
+        if running:
+            with ThreadPoolExecutor(len(running)) as pool:
+                for pids in pool.map(lambda launch: launch.stop(), running):
+                    swept += pids
+        if swept:
+            print(
+                f"trtllm-stack triton: ended {len(swept)} leftover process(es): {swept}",
+                file=sys.stderr,
+            )
+        lock.close()
 
 
 def _launch(
@@ -288,27 +448,10 @@ def _launch(
         install_stop_handlers,
         print_failure,
     )
-    from trtllm_stack.triton.model_repo import ScriptedEngineOptions, write_model_repository
 
     lock = _lock_runtime_dir(runtime_dir)
     try:
-        scripted_options = None
-        if args.engine == "scripted":
-            scripted_options = ScriptedEngineOptions(
-                token_delay_ms=args.scripted_token_delay_ms,
-                event_log=runtime_dir / "scripted-events.jsonl",
-            )
-        engine: str | Path = (
-            "scripted" if args.engine == "scripted" else Path(args.engine).expanduser().resolve()
-        )
-        write_model_repository(
-            spec.model_repository,
-            engine=engine,
-            tokenizer_dir=_tokenizer_dir(args),
-            variant=variant,
-            scripted=scripted_options,
-            force=True,
-        )
+        _write_repository(args, spec.model_repository, runtime_dir, variant)
 
         stop = threading.Event()
         install_stop_handlers(stop)

@@ -527,3 +527,86 @@ def default_runtime_dir(environ: Mapping[str, str] | None = None) -> Path:
         environ.get("HOME") or "/tmp", ".local", "state"
     )
     return Path(base) / "trtllm-stack" / "triton"
+
+
+# --------------------------------------------------------------------------- replicas (dp)
+
+# Replica r listens on the base ports + r * REPLICA_PORT_STRIDE (8000/8001/8002, then
+# 8010/8011/8012, ...): readable, and clear of the base ports for strides up to 10.
+REPLICA_PORT_STRIDE = 10
+
+
+def replica_ports(base: Ports, replicas: int, stride: int = REPLICA_PORT_STRIDE) -> list[Ports]:
+    """Each replica's ports; one message if two of them would share a port."""
+    if replicas < 1:
+        raise UserError(f"--replicas must be >= 1, got {replicas}")
+    out = [
+        Ports(base.http + r * stride, base.grpc + r * stride, base.metrics + r * stride)
+        for r in range(replicas)
+    ]
+    seen: dict[int, str] = {}
+    for r, ports in enumerate(out):
+        check_port_values(ports)
+        for name, port in ports.named():
+            where = f"replica {r} {name}"
+            if port in seen:
+                raise UserError(
+                    f"{seen[port]} and {where} ports are both {port}: with --replicas"
+                    f" {replicas}, replica r uses the given ports + {stride} x r; choose base"
+                    f" ports further apart"
+                )
+            seen[port] = where
+    return out
+
+
+def check_replica_ports_free(host: str, all_ports: Sequence[Ports]) -> None:
+    """Every replica's ports, checked before anything starts; one message for all busy ones."""
+    busy = [
+        f"{'' if len(all_ports) == 1 else f'replica {r} '}{name} port {port}"
+        for r, ports in enumerate(all_ports)
+        for name, port in ports.named()
+        if port_in_use(host, port)
+    ]
+    if busy:
+        raise UserError(
+            f"{', '.join(busy)} on {host} already in use (another Triton running?);"
+            f" stop it or choose other ports with --http-port/--grpc-port/--metrics-port"
+        )
+
+
+def visible_devices(environ: Mapping[str, str], nvidia_smi: str | None) -> list[str] | None:
+    """The device ids a child may be given in ``CUDA_VISIBLE_DEVICES``, in order.
+
+    The user's ``CUDA_VISIBLE_DEVICES`` entries (indices or UUIDs) as they are, else the
+    indices ``nvidia-smi -L`` lists; None when neither is known.
+    """
+    known = visible_gpu_count(environ, nvidia_smi)
+    if known is None:
+        return None
+    cvd = environ.get("CUDA_VISIBLE_DEVICES")
+    if cvd is not None:
+        return [item.strip() for item in cvd.split(",")][: known[0]]
+    return [str(i) for i in range(known[0])]
+
+
+def replica_devices(
+    devices: list[str] | None, replicas: int, world_size: int, source: str = ""
+) -> list[str] | None:
+    """``CUDA_VISIBLE_DEVICES`` of each replica: consecutive groups of ``world_size`` devices
+    (tp2 x dp2 on 0,1,2,3 -> "0,1" and "2,3"). Rank k of a replica uses the k-th device of
+    its group, as in tensorrtllm_backend docs/llama_multi_instance.md's leader mode.
+
+    With one replica the environment is left as it is (None).
+    """
+    if replicas == 1:
+        return None
+    need = replicas * world_size
+    if devices is None:
+        # No way to count here (no nvidia-smi): pin by index, the launch fails loudly if absent.
+        devices = [str(i) for i in range(need)]
+    if len(devices) < need:
+        raise UserError(
+            f"{replicas} replicas x world size {world_size} need {need} GPUs, but only"
+            f" {len(devices)} visible{f' ({source})' if source else ''}"
+        )
+    return [",".join(devices[r * world_size : (r + 1) * world_size]) for r in range(replicas)]

@@ -349,6 +349,10 @@ class TritonLaunch:
                 self.proc.wait(timeout=5)
             raise self._failure(first_gone=gone[0])
 
+    def check_running(self) -> None:
+        """Raise LaunchFailure if this launch ended or lost a rank (for supervising several)."""
+        self._check_running()
+
     def wait_ready(self, timeout: float, stop: threading.Event) -> bool:
         """True once rank 0 reports ready; False if ``stop`` was set first."""
         deadline = time.monotonic() + timeout

@@ -22,6 +22,7 @@ from typing import Any
 
 from trtllm_stack.errors import UserError
 from trtllm_stack.triton import tensors as T
+from trtllm_stack.triton import tokenizer_info
 from trtllm_stack.variants import Variant
 
 _PLACEHOLDER = re.compile(r"\$\{(\w+)\}")
@@ -44,6 +45,9 @@ ENGINE_DEFAULTS: dict[str, str] = {
     "normalize_log_probs": "true",
     "cancellation_check_period_ms": "100",
     "stats_check_period_ms": "100",
+    # XGrammar is the one guided-decoding backend of the C++ backend (model_instance_state.cc,
+    # getGuidedDecodingConfigFromParams); "" turns guided decoding off.
+    "guided_decoding_backend": "xgrammar",
 }
 
 
@@ -122,10 +126,13 @@ def render_repository(
     variant: Variant | None = None,
     scripted: ScriptedEngineOptions | None = None,
     options: RepoOptions | None = None,
+    repo_dir: Path | None = None,
     stub_env: Path | None = None,
 ) -> dict[str, str]:
     """All files of the repository as {relative path: text}; no I/O besides reading inputs.
 
+    ``repo_dir`` is where the repository will live: the backend wants the XGrammar tokenizer
+    info by absolute path, so without it guided decoding is left off.
     ``stub_env``: the Python execution environment (triton/python_env.py) every Python
     model's stub runs in, as its ``EXECUTION_ENV_PATH`` parameter.
     """
@@ -156,6 +163,13 @@ def render_repository(
     )
     values.update(options.overrides)
     files: dict[str, str] = {}
+    info_rel = f"{T.ENGINE_MODEL}/{tokenizer_info.FILE_NAME}"
+    if repo_dir is not None and values["guided_decoding_backend"]:
+        files[info_rel] = tokenizer_info.xgrammar_tokenizer_info(Path(tokenizer_dir))
+        values["xgrammar_tokenizer_info_path"] = _pbtxt_string(str(Path(repo_dir) / info_rel))
+    else:
+        values["guided_decoding_backend"] = ""
+        values["xgrammar_tokenizer_info_path"] = ""
     if is_scripted:
         s = scripted or ScriptedEngineOptions()
         values.update(triton_backend="python", engine_dir="scripted")
@@ -234,6 +248,7 @@ def write_model_repository(
         variant=variant,
         scripted=scripted,
         options=options,
+        repo_dir=out.resolve(),
         stub_env=stub_env,
     )
     out.parent.mkdir(parents=True, exist_ok=True)

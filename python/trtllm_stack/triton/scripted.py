@@ -6,6 +6,11 @@ Deterministic: the reply is chosen from the prompt text, not sampled.
   or ``<tool_call>`` become Qwen3's real special tokens.
 - ``[delay_ms=N]`` in the last user turn: per-token delay for this request.
 - otherwise a fixed readable text of ``default_reply_tokens`` tokens, then EOS.
+- with a guide (guided decoding), see :mod:`trtllm_stack.triton.scripted_guide`.
+- ``min_tokens``: EOS (the script's end, or end_id in it) is held back until that many tokens
+  were emitted, as the real sampler masks end_id; ``end_id`` -1 (how TensorRT-LLM expresses
+  ignore_eos, tensorrt_llm/executor/worker.py) never ends. Past the script's end the engine
+  continues with the default text.
 
 Pure Python (plus ``tokenizers``), no Triton imports: the Triton model in
 models/scripted_engine/model.py drives it, and unit tests drive it directly.
@@ -14,8 +19,12 @@ models/scripted_engine/model.py drives it, and unit tests drive it directly.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from trtllm_stack.triton.scripted_guide import GuidedRun
 
 REPLY_RE = re.compile(r"\[reply\](.*?)\[/reply\]", re.DOTALL)
 DELAY_RE = re.compile(r"\[delay_ms=(\d+(?:\.\d+)?)\]")
@@ -44,6 +53,7 @@ class ScriptedModel:
         base = tokenizer.encode(DEFAULT_TEXT, add_special_tokens=False).ids
         n = max(0, default_reply_tokens)
         self.default_tokens = (base * (n // len(base) + 1))[:n]
+        self.filler_tokens = base
 
     def plan(self, prompt_ids: Sequence[int]) -> Plan:
         text = self._tok.decode(list(prompt_ids), skip_special_tokens=False)
@@ -66,3 +76,38 @@ def ends_with_any(generated: list[int], stop_sequences: list[list[int]]) -> bool
         if n and len(generated) >= n and generated[-n:] == seq:
             return True
     return False
+
+
+def token_stream(
+    script: Sequence[int],
+    *,
+    end_id: int,
+    min_tokens: int,
+    filler: Sequence[int],
+    guided: GuidedRun | None = None,
+) -> Iterator[int]:
+    """The tokens the engine emits, in order, until its EOS point (max tokens, stop words and
+    cancellation are the caller's). Every token of a guided request is one the grammar
+    matcher accepted."""
+    emitted = 0
+    for token in script:
+        if token == end_id and end_id >= 0:
+            if emitted >= min_tokens:
+                return
+            continue  # the real sampler masks end_id below min_tokens
+        if guided is not None and not guided.follow(token):
+            break
+        emitted += 1
+        yield token
+    if guided is not None:
+        # The document must still be completed; the grammar decides when it ends.
+        while (step := guided.next_token()) is not None:
+            emitted += 1
+            yield step
+        return
+    while (end_id < 0 or emitted < min_tokens) and filler:
+        for token in filler:
+            if end_id >= 0 and emitted >= min_tokens:
+                return
+            emitted += 1
+            yield token

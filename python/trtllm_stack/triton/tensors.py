@@ -30,6 +30,15 @@ EMPTY_FINAL_RESPONSE_PARAM = "triton_enable_empty_final_response"
 PARAM_MAX_INPUT_LEN = "trtllm_stack_max_input_len"
 PARAM_MAX_SEQ_LEN = "trtllm_stack_max_seq_len"
 
+# Guided decoding parameters of the tensorrt_llm model config, as the backend reads them
+# (triton_backend/inflight_batcher_llm/src/model_instance_state.cc,
+# getGuidedDecodingConfigFromParams): both set -> XGrammar guided decoding is on.
+PARAM_GUIDED_DECODING_BACKEND = "guided_decoding_backend"
+PARAM_XGRAMMAR_TOKENIZER_INFO_PATH = "xgrammar_tokenizer_info_path"
+# The guide types the C++ backend maps (triton_backend/inflight_batcher_llm/src/utils.cc,
+# getGuidedDecodingParamsFromTensors); an unknown type is silently treated as no guide there.
+GUIDE_TYPES = ("json", "json_schema", "regex", "ebnf_grammar")
+
 # tensorrt_llm model inputs
 INPUT_IDS = "input_ids"
 INPUT_LENGTHS = "input_lengths"
@@ -51,6 +60,9 @@ MIN_TOKENS = "min_tokens"
 RETURN_LOG_PROBS = "return_log_probs"
 BEAM_WIDTH = "beam_width"
 STOP = "stop"
+NUM_RETURN_SEQUENCES = "num_return_sequences"
+GUIDED_DECODING_GUIDE_TYPE = "guided_decoding_guide_type"
+GUIDED_DECODING_GUIDE = "guided_decoding_guide"
 
 # tensorrt_llm model outputs
 OUTPUT_IDS = "output_ids"
@@ -80,6 +92,9 @@ WIRE_DTYPES: dict[str, str] = {
     RETURN_LOG_PROBS: "BOOL",
     BEAM_WIDTH: "INT32",
     STOP: "BOOL",
+    NUM_RETURN_SEQUENCES: "INT32",
+    GUIDED_DECODING_GUIDE_TYPE: "BYTES",  # TYPE_STRING in config.pbtxt
+    GUIDED_DECODING_GUIDE: "BYTES",
 }
 
 _NP_DTYPES = {"INT32": np.int32, "FP32": np.float32, "UINT64": np.uint64, "BOOL": np.bool_}
@@ -105,10 +120,32 @@ class EngineRequest:
     stop_token_sequences: Sequence[Sequence[int]] = ()
     return_log_probs: bool = False
     exclude_input_in_output: bool = True
+    # Guided decoding (XGrammar in the backend): one of GUIDE_TYPES, and the guide text
+    # (schema JSON, regex or EBNF; none for "json").
+    guide_type: str | None = None
+    guide: str | None = None
 
 
 def _scalar(name: str, value: float | int | bool) -> np.ndarray:
     return np.array([[value]], dtype=_NP_DTYPES[WIRE_DTYPES[name]])
+
+
+def _string(value: str) -> np.ndarray:
+    return np.array([[value.encode("utf-8")]], dtype=np.object_)
+
+
+def wire_bytes(array: np.ndarray) -> bytes:
+    """An input's raw_input_contents: numbers as they lie in memory; strings (BYTES) as
+    Triton serialises them, each element a 4-byte little-endian length, then its bytes (the
+    backend strips those 4 bytes again, utils.cc getGuidedDecodingParamsFromTensors)."""
+    if array.dtype != np.object_:
+        return np.ascontiguousarray(array).tobytes()
+    parts: list[bytes] = []
+    for item in array.reshape(-1):
+        data = item if isinstance(item, bytes) else str(item).encode("utf-8")
+        parts.append(len(data).to_bytes(4, "little"))
+        parts.append(data)
+    return b"".join(parts)
 
 
 def to_word_list(sequences: Sequence[Sequence[int]]) -> np.ndarray:
@@ -169,6 +206,10 @@ def engine_inputs(req: EngineRequest) -> list[tuple[str, np.ndarray]]:
         inputs.append((STOP_WORDS_LIST, to_word_list(req.stop_token_sequences)))
     if req.return_log_probs:
         inputs.append((RETURN_LOG_PROBS, _scalar(RETURN_LOG_PROBS, True)))
+    if req.guide_type is not None:
+        inputs.append((GUIDED_DECODING_GUIDE_TYPE, _string(req.guide_type)))
+        if req.guide is not None:
+            inputs.append((GUIDED_DECODING_GUIDE, _string(req.guide)))
     return inputs
 
 

@@ -148,16 +148,27 @@ def test_triton_app_argv_binds_engine_and_variant(nix_env: dict[str, str]) -> No
     argv = nix_eval_json(expr, nix_env)
     table = load_table(ROOT / "python/trtllm_stack/variants.toml")
     assert argv == {
-        v.app_name: [
+        d.app_name: [
             "trtllm-stack",
             "triton",
             "--engine",
-            f"/engine/{v.package_name}",
+            f"/engine/{d.variant.package_name}",
             "--variant",
-            v.name,
+            d.variant.name,
+            *(["--replicas", str(d.replicas)] if d.replicas > 1 else []),
         ]
-        for v in table.variants
+        for d in table.deployments
     }
+    assert argv["tritonserver-qwen3-tp2-dp2"][-2:] == ["--replicas", "2"]
+
+
+def test_deployments_match_python(nix_env: dict[str, str]) -> None:
+    nix = nix_eval_json("(import ./nix/lib/variants.nix { }).deployments", nix_env)
+    table = load_table(ROOT / "python/trtllm_stack/variants.toml")
+    got = [(d["name"], d["appName"], d["packageName"], d["replicas"], d["gpus"]) for d in nix]
+    assert got == [
+        (d.name, d.app_name, d.variant.package_name, d.replicas, d.gpus) for d in table.deployments
+    ]
 
 
 # ------------------------------------------------------------- flake wiring
@@ -169,7 +180,8 @@ def test_flake_show_lists_every_output(flake: list[str], nix_env: dict[str, str]
     packages = set(shown["packages"][SYSTEM])
     assert {v.package_name for v in table.variants} | {"trtllm-stack", "default"} <= packages
     apps = set(shown["apps"][SYSTEM])
-    assert apps == {v.app_name for v in table.variants} | {"openai-qwen3", "demo", "default"}
+    assert apps == {d.app_name for d in table.deployments} | {"openai-qwen3", "demo", "default"}
+    assert {"tritonserver-qwen3-dp4", "tritonserver-qwen3-tp2-dp2"} <= apps
     assert set(shown["checks"][SYSTEM]) == {"pytest-unit", "ruff", "nix-eval"}
     assert "default" in shown["devShells"][SYSTEM]
     assert shown["formatter"][SYSTEM]["type"] == "derivation"
@@ -242,7 +254,7 @@ def test_nix_eval_check_builds(flake: list[str], nix_env: dict[str, str]) -> Non
     )
     # Read the built output, not the build log: a store that already holds it builds nothing.
     verdict = Path(json.loads(out.stdout)[0]["outputs"]["out"]).read_text()
-    assert "variants and 3 NCCL defaults agree" in verdict
+    assert "deployments and 3 NCCL defaults agree" in verdict
 
 
 def test_tritonserver_tp4_dry_run_prints_four_ranks_with_nccl(
@@ -261,6 +273,21 @@ def test_tritonserver_tp4_dry_run_prints_four_ranks_with_nccl(
             assert f"-x {key}" in block
     for key, value in NCCL_PCIE_DEFAULTS.items():
         assert f"{key}={value}" in command.split("/bin/mpirun ")[0]
+
+
+def test_tritonserver_dp4_dry_run_pins_four_replicas(
+    flake: list[str], nix_env: dict[str, str]
+) -> None:
+    env = {**nix_env, "CUDA_VISIBLE_DEVICES": "0,1,2,3"}
+    out = nix(["run", ".#tritonserver-qwen3-dp4", "--", "--dry-run"], flake, env)
+    commands = [line for line in out.splitlines() if "/bin/mpirun " in line]
+    assert len(commands) == 4
+    for r, command in enumerate(commands):
+        assert f"CUDA_VISIBLE_DEVICES={r} " in command
+        assert f"--grpc-port={8001 + 10 * r}" in command
+        assert " : " not in command  # tp1: one rank per replica
+    grpc = ",".join(f"127.0.0.1:{8001 + 10 * r}" for r in range(4))
+    assert f"# proxy: --triton-url {grpc}" in out
 
 
 def test_demo_app_answers_a_chat_request(flake: list[str], nix_env: dict[str, str]) -> None:

@@ -436,7 +436,7 @@ def test_errors_are_openai_json(client, proxy):
     assert bad_n.value.body["param"] == "n"
     with pytest.raises(openai.BadRequestError) as bad_fmt:
         client.chat.completions.create(
-            model="qwen3", messages=user("hi"), response_format={"type": "json_object"}
+            model="qwen3", messages=user("hi"), response_format={"type": "xml"}
         )
     assert bad_fmt.value.body["param"] == "response_format"
     with pytest.raises(openai.BadRequestError) as bad_top:

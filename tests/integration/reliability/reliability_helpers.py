@@ -73,3 +73,54 @@ def wait_until(check: Callable[[], bool], timeout: float = 20.0, what: str = "co
         if time.monotonic() > deadline:
             raise AssertionError(f"{what} not reached after {timeout} s")
         time.sleep(0.05)
+
+
+def rss_bytes() -> int:
+    """Resident set size of this process now (the in-process proxy included)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS in /proc/self/status")
+
+
+def reset_peak_rss() -> None:
+    """Reset VmHWM (Linux >= 4.0), so that ``peak_rss_bytes`` covers what follows."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+def peak_rss_bytes() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no VmHWM in /proc/self/status")
+
+
+class LoopLag:
+    """Measures the proxy's event-loop lag: a task on its loop sleeps 5 ms at a time and
+    records how late it wakes. ``with LoopLag(proxy) as lag: ...; lag.max`` (seconds)."""
+
+    def __init__(self, proxy: RunningProxy, period: float = 0.005) -> None:
+        self.proxy = proxy
+        self.period = period
+        self.max = 0.0
+        self._stop = False
+        self._future: Any = None
+
+    async def _probe(self) -> None:
+        loop = asyncio.get_running_loop()
+        while not self._stop:
+            t = loop.time()
+            await asyncio.sleep(self.period)
+            self.max = max(self.max, loop.time() - t - self.period)
+
+    def __enter__(self) -> LoopLag:
+        self._future = asyncio.run_coroutine_threadsafe(self._probe(), self.proxy.loop)
+        time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop = True
+        self._future.result(timeout=30)

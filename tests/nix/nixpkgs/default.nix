@@ -221,6 +221,7 @@ let
           "tokenizers"
           "jinja2"
           "orjson"
+          "jsonschema"
           "prometheus-client"
           "httpx"
           "aiohttp"

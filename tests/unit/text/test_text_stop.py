@@ -70,3 +70,31 @@ def test_first_completed_stop_wins() -> None:
 def test_any_chunking_equals_reference(text: str, stops: list[str], cuts: list[int]) -> None:
     pieces, stopped = stream(text, stops, cuts)
     assert ("".join(pieces), stopped) == reference(text, stops)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    text=st.text(alphabet="ab", max_size=40),
+    stops=st.lists(st.text(alphabet="ab", min_size=1, max_size=12), min_size=1, max_size=4),
+    cuts=st.lists(st.integers(0, 40), max_size=40),
+)
+def test_self_overlapping_stops_equal_reference(text: str, stops: list[str], cuts) -> None:
+    # Stops like "abab"/"aab" exercise the failure function (partial matches that restart).
+    pieces, stopped = stream(text, stops, cuts)
+    assert ("".join(pieces), stopped) == reference(text, stops)
+
+
+def test_memory_is_linear_in_stop_length() -> None:
+    # The old prefix set held L^2/2 characters: 20 KB cost 182 MB. Now one int per char.
+    import tracemalloc
+
+    sizes = {}
+    for length in (10_000, 40_000):
+        tracemalloc.start()
+        matcher = StopMatcher(["x" * length, "ab" * (length // 2)])
+        for _ in range(200):
+            matcher.push("x" * 50)
+        sizes[length] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    assert sizes[40_000] < 6 * sizes[10_000]  # linear (quadratic would be 16x)
+    assert sizes[40_000] < 20 * 40_000 * 8  # a few words per character, not L^2

@@ -66,3 +66,25 @@ def test_protobuf_request_and_response_round_trip():
     assert chunk.log_probs == [-0.5, -0.25]
     empty = parse_response(service_pb2.ModelInferResponse())
     assert empty.token_ids == [] and not empty.final
+
+
+def test_guide_inputs_are_triton_bytes_tensors():
+    from tritonclient.utils import serialize_byte_tensor
+
+    schema = '{"type": "object", "title": "Ünïcode"}'
+    req = T.EngineRequest([1], 4, end_id=1, pad_id=0, guide_type="json_schema", guide=schema)
+    msg = build_request(req, "tensorrt_llm", "rid")
+    by_name = {t.name: (t, raw) for t, raw in zip(msg.inputs, msg.raw_input_contents, strict=True)}
+    for name, value in [
+        (T.GUIDED_DECODING_GUIDE_TYPE, "json_schema"),
+        (T.GUIDED_DECODING_GUIDE, schema),
+    ]:
+        tensor, raw = by_name[name]
+        assert tensor.datatype == "BYTES" and list(tensor.shape) == [1, 1]
+        # Same bytes as Triton's own client library produces for a string tensor.
+        expected = serialize_byte_tensor(np.array([[value.encode()]], dtype=np.object_))
+        assert raw == (expected.item() if expected.dtype == np.object_ else expected.tobytes())
+    # "json" needs no guide text; no guide type, no guide tensors.
+    only_type = dict(T.engine_inputs(T.EngineRequest([1], 4, 1, 0, guide_type="json")))
+    assert T.GUIDED_DECODING_GUIDE_TYPE in only_type and T.GUIDED_DECODING_GUIDE not in only_type
+    assert T.GUIDED_DECODING_GUIDE_TYPE not in dict(T.engine_inputs(T.EngineRequest([1], 4, 1, 0)))

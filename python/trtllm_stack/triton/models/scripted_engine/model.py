@@ -20,12 +20,20 @@ import triton_python_backend_utils as pb_utils
 from tokenizers import Tokenizer
 
 from trtllm_stack.triton import tensors as T
-from trtllm_stack.triton.scripted import ScriptedModel, ends_with_any
+from trtllm_stack.triton.scripted import ScriptedModel, ends_with_any, token_stream
 
 
 def _param(config, key, default):
     value = config.get("parameters", {}).get(key, {}).get("string_value", "")
     return default if value == "" or value.startswith("${") else value
+
+
+def _string_input(request, name):
+    tensor = pb_utils.get_input_tensor_by_name(request, name)
+    if tensor is None:
+        return None
+    value = tensor.as_numpy().reshape(-1)[0]
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
 def _scalar(request, name, default):
@@ -63,6 +71,14 @@ class TritonPythonModel:
         self._exclude_input_default = (
             _param(config, "exclude_input_in_output", "false").lower() == "true"
         )
+        # Guided decoding as the C++ backend configures it: on when both parameters are set
+        # (model_instance_state.cc, getGuidedDecodingConfigFromParams).
+        self._guided = None
+        info_path = _param(config, T.PARAM_XGRAMMAR_TOKENIZER_INFO_PATH, "")
+        if _param(config, T.PARAM_GUIDED_DECODING_BACKEND, "") == "xgrammar" and info_path:
+            from trtllm_stack.triton.scripted_guide import GuidedDecoding
+
+            self._guided = GuidedDecoding(info_path)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._thread.start()
@@ -103,17 +119,25 @@ class TritonPythonModel:
         stop_tensor = pb_utils.get_input_tensor_by_name(request, T.STOP_WORDS_LIST)
         stops = T.from_word_list(stop_tensor.as_numpy()[0]) if stop_tensor is not None else []
 
+        min_tokens = int(_scalar(request, T.MIN_TOKENS, 0))
+        guided = await self._guided_run(request)
+
         plan = self._model.plan(prompt.tolist())
         delay_s = (plan.delay_ms if plan.delay_ms is not None else self._delay_ms) / 1000.0
         generated = []
         log_probs = []
         outcome = "eos"
         final_sent = False
-        for position, token in enumerate(plan.tokens):
+        tokens = token_stream(
+            plan.tokens,
+            end_id=end_id,
+            min_tokens=min_tokens,
+            filler=self._model.filler_tokens,
+            guided=guided,
+        )
+        for position, token in enumerate(tokens):
             if request.is_cancelled():
                 outcome = "cancelled"
-                break
-            if token == end_id:
                 break
             if len(generated) >= max_tokens:
                 outcome = "length"
@@ -158,6 +182,20 @@ class TritonPythonModel:
                 "prompt_tokens": int(prompt.shape[0]),
             }
         )
+
+    async def _guided_run(self, request):
+        """The request's grammar matcher, or None without a guide. Errors as the backend
+        fails such requests (no guided decoding configured; a guide that does not compile)."""
+        guide_type = _string_input(request, T.GUIDED_DECODING_GUIDE_TYPE)
+        if guide_type not in T.GUIDE_TYPES:
+            return None  # the C++ backend maps only these; anything else is no guide there
+        if self._guided is None:
+            raise RuntimeError(
+                "guided decoding is not enabled: set guided_decoding_backend and"
+                " xgrammar_tokenizer_info_path in the tensorrt_llm model config"
+            )
+        await asyncio.to_thread(self._guided.load)
+        return self._guided.start(guide_type, _string_input(request, T.GUIDED_DECODING_GUIDE))
 
     def _response(self, ids, log_probs, want_log_probs):
         outputs = [
