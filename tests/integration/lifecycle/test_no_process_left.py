@@ -198,21 +198,24 @@ def test_demo_answers_then_any_signal_ends_every_process(tmp_path, demos) -> Non
         assert wait_all_gone(tree) == [], sig
 
 
-def test_demo_failed_start_keeps_the_log_and_shows_its_end(tmp_path, demos) -> None:
-    broken = tmp_path / "broken-tokenizer"
-    broken.mkdir()
-    (broken / "tokenizer.json").write_text("{ not json")
-    (broken / "tokenizer_config.json").write_text("{}")
-    demo = start_demo(tmp_path, "--tokenizer-dir", str(broken))
-    demos.append(demo)
-    code = demo.proc.wait(START_TIMEOUT)
-    err = demo.stderr()
-    assert code != 0
-    assert "tritonserver exited with code" in err, err
-    log = Path(err.split("(log: ", 1)[1].split(")", 1)[0])
-    assert log.is_file() and log.stat().st_size > 0
-    assert f"last lines of {log} (kept):" in err
-    assert "Traceback" not in err.split("last lines of", 1)[0]  # no traceback of ours
+def test_failed_start_keeps_the_log_names_it_and_shows_its_end(tmp_path) -> None:
+    from trtllm_stack.errors import UserError
+
+    repo = write_model_repository(
+        tmp_path / "repo", engine="scripted", tokenizer_dir=bundled_qwen3_tokenizer_dir()
+    )
+    with (repo / "preprocessing" / "1" / "model.py").open("a") as f:
+        f.write("\nraise RuntimeError('broken model for the failed-start test')\n")
+    log = tmp_path / "tritonserver.log"
+    server = TritonServer(repo, log_path=log)
+    with pytest.raises(UserError) as failed:
+        server.start(timeout=START_TIMEOUT)
+    assert "tritonserver exited with code" in str(failed.value)
+    assert f"(log: {log})" in str(failed.value)
+    assert log.is_file()
+    assert "broken model for the failed-start test" in log.read_text()
+    assert server.log_tail(15) == [ln for ln in log.read_text().splitlines() if ln.strip()][-15:]
+    assert server.pid is None  # stopped: nothing left running
 
 
 @pytest.mark.parametrize("bad", ["taken", "99999"])
