@@ -15,6 +15,9 @@ let
     ps.pytest
     ps.pytest-asyncio
     ps.hypothesis
+    # nixpkgs pkgs/development/python-modules/h2 (python3Packages.h2): the reference
+    # HTTP/2 implementation of tests/unit/triton/test_triton_h2_differential.py
+    ps.h2
   ]);
 in
 {

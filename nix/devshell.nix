@@ -17,6 +17,7 @@ mkShell {
         ps.pytest
         ps.pytest-asyncio
         ps.hypothesis
+        ps.h2
         ps.mypy
         ps.openai
         ps.huggingface-hub

@@ -21,6 +21,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from trtllm_stack.proxy import request_limits
+from trtllm_stack.proxy.browser_guard import BrowserGuard, cors_policy
 from trtllm_stack.proxy.engine import Engine
 from trtllm_stack.proxy.errors import (
     BackendUnavailable,
@@ -33,7 +34,7 @@ from trtllm_stack.proxy.errors import (
 )
 from trtllm_stack.proxy.metrics import ProxyMetrics
 from trtllm_stack.proxy.protocol import ChatCompletionRequest, CompletionRequest
-from trtllm_stack.proxy.replicas import ReplicaCollector, ReplicaPool, RoutingPolicy
+from trtllm_stack.proxy.replicas import ReplicaMetrics, ReplicaPool, RoutingPolicy
 from trtllm_stack.proxy.serving_base import ServingContext
 from trtllm_stack.proxy.serving_chat import ChatService
 from trtllm_stack.proxy.serving_completions import CompletionService
@@ -144,18 +145,23 @@ def _too_large(size: int, limit: int) -> PayloadTooLarge:
 
 def _open_engine(settings: ProxySettings) -> Engine:
     """One Triton: its client, as before. Several: a pool routing between them."""
-    urls = settings.triton_urls()
-    if len(urls) == 1:
-        from trtllm_stack.triton.client import EngineClient
+    from trtllm_stack.triton.client import EngineClient
 
-        return EngineClient(urls[0], settings.triton_model)
+    urls = settings.triton_urls()
+    keepalive = settings.engine_keepalive()
+
+    def client(url: str, model: str) -> Engine:
+        return EngineClient(url, model, keepalive=keepalive)
+
+    if len(urls) == 1:
+        return client(urls[0], settings.triton_model)
     policy = RoutingPolicy(
         block_tokens=settings.prefix_affinity_tokens,
         balance_ratio=settings.affinity_balance_ratio,
         balance_slack=settings.affinity_balance_slack,
         health_interval=settings.replica_health_interval,
     )
-    return ReplicaPool(urls, settings.triton_model, policy)
+    return ReplicaPool(urls, settings.triton_model, policy, engine_factory=client)
 
 
 async def _pool_ready(pool: ReplicaPool) -> Response:
@@ -191,7 +197,7 @@ def create_app(
         engine = _open_engine(settings)
     pool = engine if isinstance(engine, ReplicaPool) else None
     if pool is not None:
-        metrics.registry.register(ReplicaCollector(pool))
+        pool.attach_metrics(ReplicaMetrics(metrics.registry))
     ctx = ServingContext(settings, engine, tokenizer, metrics)
     chat = ChatService(ctx)
     completions = CompletionService(ctx)
@@ -199,7 +205,10 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        yield
+        try:
+            yield
+        finally:
+            ctx.prompt.close()
         if own_engine:
             await ctx.engine.close()
 
@@ -214,15 +223,19 @@ def create_app(
     install_error_handlers(app, metrics.count_error)
     api_key = settings.api_key.get_secret_value() if settings.api_key else None
     app.add_middleware(GuardMiddleware, api_key=api_key, max_body_bytes=settings.max_body_bytes)
-    if settings.cors_origins:
+    origins, origin_regex = cors_policy(settings)
+    if origins or origin_regex:
         app.add_middleware(
             CORSMiddleware,
-            allow_origins=settings.cors_origins,
+            allow_origins=origins,
+            allow_origin_regex=origin_regex,
             allow_methods=["GET", "POST", "OPTIONS"],
             allow_headers=["*"],
-            allow_credentials="*" not in settings.cors_origins,
+            allow_credentials="*" not in origins,
             max_age=600,
         )
+    # Outermost: Host / Origin / Content-Type refused before anything reads the body.
+    app.add_middleware(BrowserGuard, settings=settings)
 
     model_card = {
         "id": settings.served_model_name,

@@ -6,85 +6,21 @@ import argparse
 import os
 from typing import Any
 
-# flag -> ProxySettings field; every flag defaults to None so that TRTLLM_STACK_* env
-# variables and the built-in defaults apply when it is not given.
-_FLAGS: list[tuple[str, str, dict[str, Any], str]] = [
-    (
-        "--triton-url",
-        "triton_url",
-        {},
-        "Triton gRPC address (default localhost:8001); several, comma-separated, are"
-        " replicas behind this endpoint",
-    ),
-    ("--triton-model", "triton_model", {}, "Triton model of the engine (default tensorrt_llm)"),
-    ("--model-name", "served_model_name", {}, "model id clients use (default qwen3)"),
-    ("--tokenizer-dir", "tokenizer_dir", {}, "tokenizer files (default: --engine-dir's)"),
-    ("--engine-dir", "engine_dir", {}, "engine directory; its tokenizer files are used"),
-    ("--host", "host", {}, "bind address (default 127.0.0.1; 0.0.0.0 opens it to the network)"),
-    ("--port", "port", {"type": int}, "port (default 9000)"),
-    ("--cors-origins", "cors_origins", {}, "comma-separated origins (default *; '' = off)"),
-    ("--max-in-flight", "max_in_flight", {"type": int}, "requests in flight before 429"),
-    ("--max-messages", "max_messages", {"type": int}, "messages per chat request (400)"),
-    ("--max-body-bytes", "max_body_bytes", {"type": int}, "request body limit (413)"),
-    ("--max-stop-chars", "max_stop_chars", {"type": int}, "characters per stop string (400)"),
-    ("--max-prompt-chars", "max_prompt_chars", {"type": int}, "prompt characters, all fields"),
-    ("--max-tools", "max_tools", {"type": int}, "tools per request (400)"),
-    ("--max-tool-chars", "max_tool_chars", {"type": int}, "characters of one tool (400)"),
-    ("--max-logit-bias", "max_logit_bias", {"type": int}, "logit_bias entries (400)"),
-    ("--max-n", "max_n", {"type": int}, "choices per request, n (400)"),
-    ("--default-max-tokens", "default_max_tokens", {"type": int}, "when a request has none"),
-    ("--backend-timeout", "backend_timeout", {"type": float}, "seconds of backend silence"),
-    ("--send-timeout", "send_timeout", {"type": float}, "seconds a stalled client is kept"),
-    (
-        "--tool-call-streaming",
-        "tool_call_streaming",
-        {"choices": ["incremental", "buffered"]},
-        "stream a tool call's arguments as they arrive (incremental, default) or send each"
-        " call whole once complete (buffered: a broken call comes back as content)",
-    ),
-    ("--log-level", "log_level", {}, "uvicorn log level (default info)"),
-    (
-        "--replica-health-interval",
-        "replica_health_interval",
-        {"type": float},
-        "seconds between replica health checks (default 0.5)",
-    ),
-    (
-        "--prefix-affinity-tokens",
-        "prefix_affinity_tokens",
-        {"type": int},
-        "block size for prefix-affinity routing (default 64; 0 = least-loaded only)",
-    ),
-    (
-        "--affinity-balance-ratio",
-        "affinity_balance_ratio",
-        {"type": float},
-        "prefix affinity holds while its replica has <= max(least + slack, ratio * least)"
-        " requests in flight (default 1.25)",
-    ),
-    ("--affinity-balance-slack", "affinity_balance_slack", {"type": int}, "default 2"),
-]
+# Set by the demo itself, or not a flag (the key is read from a file, not typed).
+_DEMO_FIXED = frozenset({"triton_url", "triton_model", "engine_dir"})
+_NOT_FLAGS = frozenset({"api_key"})
 
 
 def _add_proxy_flags(p: argparse.ArgumentParser, *, demo: bool) -> None:
-    for flag, dest, extra, help_text in _FLAGS:
-        if demo and dest in {"triton_url", "triton_model", "engine_dir"}:
-            continue
-        if demo and dest == "tokenizer_dir":
-            help_text = "tokenizer files (default: the bundled Qwen3 tokenizer)"
-        p.add_argument(flag, dest=dest, default=None, help=help_text, **extra)
+    from trtllm_stack.proxy.settings import ProxySettings
+    from trtllm_stack.proxy.settings_flags import add_settings_flags
+
+    add_settings_flags(p, ProxySettings, skip=_NOT_FLAGS | (_DEMO_FIXED if demo else set()))
     p.add_argument(
         "--api-key-file",
         default=None,
         help="file holding the API key clients must send as Bearer (or env"
         " TRTLLM_STACK_API_KEY); without one any key is accepted",
-    )
-    p.add_argument(
-        "--no-reasoning-parser",
-        dest="reasoning_parser",
-        action="store_false",
-        default=None,
-        help="leave <think>...</think> in content instead of reasoning_content",
     )
 
 
@@ -126,9 +62,9 @@ def _settings(args: argparse.Namespace, **fixed: Any) -> Any:
 
     from trtllm_stack.errors import UserError
     from trtllm_stack.proxy.settings import ProxySettings
+    from trtllm_stack.proxy.settings_flags import settings_values
 
-    values = {dest: getattr(args, dest, None) for _, dest, _, _ in _FLAGS}
-    values["reasoning_parser"] = args.reasoning_parser
+    values = settings_values(args, ProxySettings)
     if args.api_key_file:
         try:
             values["api_key"] = open(args.api_key_file, encoding="utf-8").read().strip()  # noqa: SIM115
@@ -138,31 +74,46 @@ def _settings(args: argparse.Namespace, **fixed: Any) -> Any:
             raise UserError(f"--api-key-file {args.api_key_file} is empty")
     values.update(fixed)
     try:
-        return ProxySettings(**{k: v for k, v in values.items() if v is not None})
+        return ProxySettings(**values)
     except ValidationError as exc:
         first = exc.errors()[0]
         field = ".".join(str(p) for p in first.get("loc", ())) or "settings"
         raise UserError(f"invalid {field}: {first.get('msg')}") from None
 
 
+def uvicorn_options(settings: Any) -> dict[str, Any]:
+    """uvicorn.Config keywords shared by the one-process server and every worker."""
+    from trtllm_stack.proxy.http_guard import guarded_http_protocol
+
+    return {
+        "host": settings.host,
+        "port": settings.port,
+        "log_level": settings.log_level,
+        "timeout_graceful_shutdown": 5,
+        # Longer than the idle expiry of HTTP clients (httpx / openai SDK: 5 s, aiohttp:
+        # 15 s) so that the client closes idle connections first: with equal timeouts a
+        # client can reuse a connection at the moment the server closes it (a reset).
+        "timeout_keep_alive": 75,
+        "access_log": settings.log_level == "debug",
+        # Header/body read timeouts and the connection cap uvicorn lacks (http_guard.py).
+        "http": guarded_http_protocol(settings),
+    }
+
+
 def _serve(settings: Any) -> None:
+    if settings.workers > 1:
+        from trtllm_stack.proxy.workers import serve_workers
+
+        code = serve_workers(settings)
+        if code:
+            raise SystemExit(code)
+        return
     import uvicorn
 
     from trtllm_stack.proxy.app import create_app
 
     app = create_app(settings)
-    uvicorn.run(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        timeout_graceful_shutdown=5,
-        # Longer than the idle expiry of HTTP clients (httpx / openai SDK: 5 s, aiohttp:
-        # 15 s) so that the client closes idle connections first: with equal timeouts a
-        # client can reuse a connection at the moment the server closes it (a reset).
-        timeout_keep_alive=75,
-        access_log=settings.log_level == "debug",
-    )
+    uvicorn.run(app, **uvicorn_options(settings))
 
 
 def run_proxy(args: argparse.Namespace) -> int:
@@ -278,7 +229,9 @@ def run_demo(args: argparse.Namespace) -> int:
     if not 1 <= args.replicas <= 16:
         raise UserError("--replicas must be between 1 and 16")
     tokenizer_dir = (
-        Path(args.tokenizer_dir) if args.tokenizer_dir else bundled_qwen3_tokenizer_dir()
+        Path(args.tokenizer_dir)
+        if getattr(args, "tokenizer_dir", None)
+        else bundled_qwen3_tokenizer_dir()
     )
     _check_tokenizer_dir(tokenizer_dir, "--tokenizer-dir")
     settings = _settings(args, tokenizer_dir=tokenizer_dir)

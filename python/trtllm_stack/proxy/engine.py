@@ -16,7 +16,13 @@ from collections import deque
 from collections.abc import AsyncIterator
 from typing import Protocol
 
-from trtllm_stack.triton.client import EngineError, EngineLimits, EngineSilent, EngineUnavailable
+from trtllm_stack.triton.client import (
+    EngineError,
+    EngineLimits,
+    EngineSilent,
+    EngineUnavailable,
+    SilenceWatch,
+)
 from trtllm_stack.triton.tensors import EngineChunk, EngineRequest
 
 __all__ = [
@@ -77,9 +83,8 @@ class TokenPump:
         "_last",
         "_loop",
         "_task",
-        "_timeout",
-        "_timer",
         "_waiter",
+        "_watch",
     )
 
     def __init__(self, chunks: AsyncIterator[EngineChunk], timeout: float | None) -> None:
@@ -88,12 +93,11 @@ class TokenPump:
         self._waiter: asyncio.Future[None] | None = None
         self._done = False
         self._exc: BaseException | None = None
-        self._timeout = timeout
         self._last = self._loop.time()
         self._task = self._loop.create_task(self._run(chunks))
-        # One timer per request, re-armed lazily: no timer work per token.
-        self._timer: asyncio.TimerHandle | None = (
-            self._loop.call_later(timeout, self._check) if timeout is not None else None
+        # The gRPC client's silence check (one timer, nothing per token), not a copy of it.
+        self._watch = (
+            SilenceWatch(timeout, lambda: self._last, self._silent) if timeout is not None else None
         )
 
     async def _run(self, chunks: AsyncIterator[EngineChunk]) -> None:
@@ -119,17 +123,11 @@ class TokenPump:
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
-    def _check(self) -> None:
-        assert self._timeout is not None
+    def _silent(self) -> None:
         if self._done:
-            self._timer = None
             return
-        idle = self._loop.time() - self._last
-        if idle < self._timeout:
-            self._timer = self._loop.call_later(self._timeout - idle, self._check)
-            return
-        self._timer = None
-        self._exc = EngineSilent(f"no response from the backend for {self._timeout:g} s")
+        assert self._watch is not None
+        self._exc = self._watch.error()
         self._task.cancel()
         self._wake()
 
@@ -159,8 +157,7 @@ class TokenPump:
         return batch
 
     def close(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        if self._watch is not None:
+            self._watch.stop()
         if not self._task.done():
             self._task.cancel()

@@ -14,7 +14,11 @@ import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.responses import Response
+
+from trtllm_stack.triton.client import EngineError
+from trtllm_stack.triton.grpc_wire import Status
 
 log = logging.getLogger("trtllm_stack.proxy")
 
@@ -86,6 +90,23 @@ class BackendTimeout(ProxyError):
     status = 504
     type = "server_error"
     code = "backend_timeout"
+
+
+def engine_failure(exc: BaseException, doing: str = "the request") -> ProxyError:
+    """The one mapping from an engine failure to the OpenAI error the client sees, by gRPC
+    status: no engine to talk to (UNAVAILABLE, NOT_FOUND) 503, silence or a deadline
+    (DEADLINE_EXCEEDED) 504, anything else the engine said 502. ``doing`` names the step."""
+    if isinstance(exc, ProxyError):
+        return exc
+    if isinstance(exc, EngineError):
+        status = exc.status
+        if status in (Status.UNAVAILABLE, Status.NOT_FOUND):
+            return BackendUnavailable(f"the inference backend is unavailable: {exc}")
+        if status == Status.DEADLINE_EXCEEDED:
+            return BackendTimeout(str(exc))
+        return BackendFailed(f"the inference backend failed {doing}: {exc}")
+    log.error("unexpected backend failure: %r", exc, exc_info=exc)
+    return BackendFailed(f"the inference backend failed {doing}")
 
 
 def error_body(
@@ -183,6 +204,13 @@ def install_error_handlers(app: FastAPI, on_error: Any = None) -> None:
         headers = dict(exc.headers or {})
         return json_response(exc.status_code, error_body(message, kind), headers)
 
+    async def client_disconnect(_: Request, exc: Exception) -> Response:
+        # The client went away while sending its body: a normal event, no traceback. The
+        # response is never delivered.
+        log.debug("client disconnected during upload")
+        count("client_disconnected")
+        return Response(status_code=400)
+
     async def unexpected(_: Request, exc: Exception) -> Response:
         # A bug of ours: log it for the operator, give the client a clean message only.
         log.error("unhandled error: %r", exc, exc_info=exc)
@@ -192,4 +220,5 @@ def install_error_handlers(app: FastAPI, on_error: Any = None) -> None:
     app.add_exception_handler(ProxyError, proxy_error)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(ClientDisconnect, client_disconnect)
     app.add_exception_handler(Exception, unexpected)

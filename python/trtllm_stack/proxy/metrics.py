@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import os
 from bisect import bisect_left
 from collections.abc import Iterator, Sequence
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
 from prometheus_client.metrics_core import HistogramMetricFamily
 from prometheus_client.utils import floatToGoString
 
@@ -54,15 +62,24 @@ class LoopHistogram:
         )
 
 
+def _multiprocess_dir() -> str | None:
+    """Set by ``--workers`` (proxy/workers.py): values live in shared files, summed on scrape."""
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
 class ProxyMetrics:
     def __init__(self) -> None:
+        self.multiprocess_dir = _multiprocess_dir()
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.requests = Counter(
             "trtllm_proxy_requests", "Generation requests received", ["endpoint"], registry=r
         )
         self.in_flight = Gauge(
-            "trtllm_proxy_requests_in_flight", "Generation requests being served", registry=r
+            "trtllm_proxy_requests_in_flight",
+            "Generation requests being served",
+            registry=r,
+            multiprocess_mode="livesum",
         )
         self.errors = Counter(
             "trtllm_proxy_errors",
@@ -79,12 +96,14 @@ class ProxyMetrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
-        self.inter_token = LoopHistogram(
-            "trtllm_proxy_inter_token_seconds",
-            "Time between generated tokens (averaged over tokens that arrived together)",
-            _ITL_BUCKETS,
-            r,
-        )
+        itl_name = "trtllm_proxy_inter_token_seconds"
+        itl_doc = "Time between generated tokens (averaged over tokens that arrived together)"
+        self.inter_token: LoopHistogram | Histogram
+        if self.multiprocess_dir is None:
+            self.inter_token = LoopHistogram(itl_name, itl_doc, _ITL_BUCKETS, r)
+        else:
+            # Workers: the loop-only histogram cannot be summed across processes.
+            self.inter_token = Histogram(itl_name, itl_doc, buckets=_ITL_BUCKETS, registry=r)
         self.duration = Histogram(
             "trtllm_proxy_request_duration_seconds",
             "Whole generation request",
@@ -102,4 +121,8 @@ class ProxyMetrics:
         self.errors.labels(kind).inc()
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        if self.multiprocess_dir is None:
+            return generate_latest(self.registry)
+        merged = CollectorRegistry()
+        multiprocess.MultiProcessCollector(merged, self.multiprocess_dir)
+        return generate_latest(merged)

@@ -46,6 +46,7 @@ class ChatMessage(_Tolerant):
     tool_calls: list[ToolCallIn] | None = None
     tool_call_id: str | None = None
     reasoning_content: str | None = None
+    reasoning: str | None = None  # vLLM's name for it today (clients send it back)
 
 
 class FunctionDef(_Tolerant):
@@ -71,6 +72,8 @@ class NamedToolChoice(_Tolerant):
 
 class StreamOptions(_Tolerant):
     include_usage: bool = False
+    # vLLM's: cumulative usage on every chunk (with include_usage); guidellm sends it.
+    continuous_usage_stats: bool = False
 
 
 class JsonSchemaFormat(_Tolerant):
@@ -139,6 +142,11 @@ class _SamplingRequest(_Tolerant):
         if any(s == "" for s in stops):
             raise ValueError("stop strings must not be empty")
         return value
+
+    def continuous_usage(self) -> bool:
+        """Usage on every chunk: vLLM's include_usage and continuous_usage_stats."""
+        so = self.stream_options
+        return bool(self.stream and so and so.include_usage and so.continuous_usage_stats)
 
     def stop_list(self) -> list[str]:
         if self.stop is None:

@@ -26,11 +26,11 @@ import asyncio
 import contextlib
 import logging
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from trtllm_stack.proxy.engine import ChunkStream, Engine, EngineLimits, EngineUnavailable
 from trtllm_stack.triton.tensors import EngineChunk, EngineRequest
@@ -56,7 +56,17 @@ class RoutingPolicy:
 class Replica:
     """One Triton server of the pool and what the proxy knows about it."""
 
-    __slots__ = ("engine", "failures", "in_flight", "index", "last_error", "requests", "up", "url")
+    __slots__ = (
+        "_series",
+        "engine",
+        "failures",
+        "in_flight",
+        "index",
+        "last_error",
+        "requests",
+        "up",
+        "url",
+    )
 
     def __init__(self, index: int, url: str, engine: Engine) -> None:
         self.index = index
@@ -67,6 +77,24 @@ class Replica:
         self.requests = 0
         self.failures = 0
         self.last_error = ""
+        self._series: tuple[Any, Any, Any, Any] | None = None  # up, in flight, requests, failures
+
+    def take(self) -> None:
+        self.in_flight += 1
+        self.requests += 1
+        if self._series is not None:
+            self._series[1].inc()
+            self._series[2].inc()
+
+    def give(self) -> None:
+        self.in_flight -= 1
+        if self._series is not None:
+            self._series[1].dec()
+
+    def set_up(self, up: bool) -> None:
+        self.up = up
+        if self._series is not None:
+            self._series[0].set(1 if up else 0)
 
     def status(self) -> dict[str, Any]:
         return {
@@ -89,7 +117,7 @@ class _RoutedStream:
 
     def _release(self) -> None:
         if self._replica is not None:
-            self._replica.in_flight -= 1
+            self._replica.give()
             self._replica = None
 
     async def next_batch(self) -> list[EngineChunk] | None:
@@ -178,9 +206,28 @@ class ReplicaPool:
         self.replicas = [Replica(i, url, engine_factory(url, model)) for i, url in enumerate(urls)]
         self.prefixes = PrefixTable(self.policy.block_tokens) if self.policy.block_tokens else None
         self.decisions = {"affinity": 0, "overflow": 0, "least_loaded": 0}
+        self._decision_series: dict[str, Any] = {}
         self._next = 0
         self._health: asyncio.Task[None] | None = None
         self._closed = False
+
+    def attach_metrics(self, metrics: ReplicaMetrics) -> None:
+        """Per-replica series on the proxy's registry (Prometheus multiprocess-safe)."""
+        for r in self.replicas:
+            r._series = (
+                metrics.up.labels(r.url),
+                metrics.in_flight.labels(r.url),
+                metrics.requests.labels(r.url),
+                metrics.failures.labels(r.url),
+            )
+            r._series[0].set(1 if r.up else 0)
+        self._decision_series = {d: metrics.decisions.labels(d) for d in self.decisions}
+
+    def _decided(self, decision: str) -> None:
+        self.decisions[decision] += 1
+        series = self._decision_series.get(decision)
+        if series is not None:
+            series.inc()
 
     # -- routing ---------------------------------------------------------------------
 
@@ -207,22 +254,22 @@ class ReplicaPool:
         least = self._least_loaded(candidates)
         table = self.prefixes
         if table is None:
-            self.decisions["least_loaded"] += 1
+            self._decided("least_loaded")
             return least
         hashes = table.chain(prompt_ids)
         owner_index = table.owner(hashes) if hashes else None
         chosen = least
         if owner_index is None:
-            self.decisions["least_loaded"] += 1
+            self._decided("least_loaded")
         else:
             owner = self.replicas[owner_index]
             p = self.policy
             bound = max(least.in_flight + p.balance_slack, p.balance_ratio * least.in_flight)
             if owner.up and owner.index not in exclude and owner.in_flight <= bound:
                 chosen = owner
-                self.decisions["affinity"] += 1
+                self._decided("affinity")
             else:
-                self.decisions["overflow"] += 1
+                self._decided("overflow")
         if hashes:
             table.record(hashes, chosen.index)
         return chosen
@@ -234,18 +281,17 @@ class ReplicaPool:
         tried: set[int] = set()
         while True:
             replica = self.choose(req.prompt_ids, frozenset(tried))
-            replica.in_flight += 1
-            replica.requests += 1
+            replica.take()
             try:
                 inner = await replica.engine.open(req, request_id, timeout=timeout)
             except EngineUnavailable as exc:
                 # Nothing was generated yet: another replica can take the request.
-                replica.in_flight -= 1
+                replica.give()
                 self.mark_down(replica, str(exc))
                 tried.add(replica.index)
                 continue
             except BaseException:
-                replica.in_flight -= 1
+                replica.give()
                 raise
             return _RoutedStream(inner, replica, self)
 
@@ -253,14 +299,16 @@ class ReplicaPool:
 
     def mark_down(self, replica: Replica, reason: str) -> None:
         replica.failures += 1
+        if replica._series is not None:
+            replica._series[3].inc()
         replica.last_error = reason
         if replica.up:
-            replica.up = False
+            replica.set_up(False)
             log.warning("Triton replica %s is down: %s", replica.url, reason)
 
     def _mark_up(self, replica: Replica) -> None:
         if not replica.up:
-            replica.up = True
+            replica.set_up(True)
             replica.last_error = ""
             if self.prefixes is not None:
                 self.prefixes.forget(replica.index)
@@ -325,45 +373,44 @@ class ReplicaPool:
             await replica.engine.close()
 
 
-class ReplicaCollector:
-    """Per-replica series for /metrics, read from the pool at scrape time (nothing per token)."""
+class ReplicaMetrics:
+    """Per-replica series. Ordinary prometheus_client metrics, so that with ``--workers`` the
+    multiprocess collector sums them over workers (gauges: in flight summed over live
+    workers; up = the lowest any live worker sees, so one worker's view of a down replica
+    shows)."""
 
-    def __init__(self, pool: ReplicaPool) -> None:
-        self.pool = pool
-
-    def describe(self) -> Iterator[Any]:
-        return iter(())
-
-    def collect(self) -> Iterator[Any]:
-        up = GaugeMetricFamily(
-            "trtllm_proxy_replica_up", "1 if the replica is taking requests", labels=["replica"]
+    def __init__(self, registry: CollectorRegistry) -> None:
+        r = registry
+        self.up = Gauge(
+            "trtllm_proxy_replica_up",
+            "1 if the replica is taking requests",
+            ["replica"],
+            registry=r,
+            multiprocess_mode="livemin",
         )
-        in_flight = GaugeMetricFamily(
+        self.in_flight = Gauge(
             "trtllm_proxy_replica_requests_in_flight",
             "Requests in flight on the replica",
-            labels=["replica"],
+            ["replica"],
+            registry=r,
+            multiprocess_mode="livesum",
         )
-        requests = CounterMetricFamily(
+        self.requests = Counter(
             "trtllm_proxy_replica_requests",
             "Requests routed to the replica (including opens retried elsewhere)",
-            labels=["replica"],
+            ["replica"],
+            registry=r,
         )
-        failures = CounterMetricFamily(
+        self.failures = Counter(
             "trtllm_proxy_replica_failures",
             "Times the replica was found unreachable or unready",
-            labels=["replica"],
+            ["replica"],
+            registry=r,
         )
-        for r in self.pool.replicas:
-            up.add_metric([r.url], 1.0 if r.up else 0.0)
-            in_flight.add_metric([r.url], r.in_flight)
-            requests.add_metric([r.url], r.requests)
-            failures.add_metric([r.url], r.failures)
-        decisions = CounterMetricFamily(
+        self.decisions = Counter(
             "trtllm_proxy_route_decisions",
             "Routing decisions: affinity (prefix replica), overflow (prefix replica too"
             " loaded), least_loaded (no prefix known)",
-            labels=["decision"],
+            ["decision"],
+            registry=r,
         )
-        for name, count in self.pool.decisions.items():
-            decisions.add_metric([name], count)
-        yield from (up, in_flight, requests, failures, decisions)

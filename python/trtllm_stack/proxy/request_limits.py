@@ -22,6 +22,8 @@ from trtllm_stack.proxy.protocol import (
     _SamplingRequest,
 )
 from trtllm_stack.proxy.settings import ProxySettings
+from trtllm_stack.text.chat_template import RANGE_STEPS, ChatTemplate, TemplateLimit
+from trtllm_stack.text.special_tokens import Escaper
 
 
 def _setting(name: str) -> str:
@@ -130,3 +132,31 @@ def check_completion(body: CompletionRequest, settings: ProxySettings) -> None:
     # A token id costs about what a character does (one list entry); count it as one.
     size = text_size(prompt) + (len(body.suffix) if body.suffix else 0)
     _check_prompt_size(size, settings, "prompt")
+
+
+def template_kwargs(
+    given: dict[str, Any] | None, template: ChatTemplate, esc: Escaper
+) -> dict[str, Any]:
+    """The client's ``chat_template_kwargs`` as template variables: names that would
+    change the template, its sandbox or its special-token variables are refused (400,
+    all named); string values are client text, escaped like message content."""
+    if not given:
+        return {}
+    refused = template.refused_kwargs(given)
+    if refused:
+        raise InvalidRequest(
+            "chat_template_kwargs may not set "
+            + ", ".join(repr(k) for k in refused)
+            + ": the chat template, its sandbox and its special tokens are the server's",
+            param="chat_template_kwargs",
+        )
+    return {k: esc.text(v) if isinstance(v, str) else esc.json_value(v) for k, v in given.items()}
+
+
+def template_limit_error(exc: TemplateLimit) -> InvalidRequest:
+    """The 400 for a render that went past a limit, naming the setting."""
+    if exc.limit == "time":
+        return InvalidRequest(f"{exc} ({_setting('template_timeout')})", code="limit_exceeded")
+    if exc.limit == "output":
+        return InvalidRequest(f"{exc} ({_setting('max_template_chars')})", code="limit_exceeded")
+    return InvalidRequest(f"{exc} (fixed limit {RANGE_STEPS})", code="limit_exceeded")

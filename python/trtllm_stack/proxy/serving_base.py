@@ -1,8 +1,13 @@
-"""What chat and text completions share: request checks, engine limits, the generation
-loop with disconnect handling, usage and logprobs formatting.
+"""What chat and text completions share: request checks, engine limits, and
+:class:`RequestRunner`, the one request path for both (as SGLang's serving_base):
 
-Flow of one request (both endpoints): validate -> prompt token ids -> EngineRequest ->
-(stream: SSE generator | non-stream: aggregate) reading the engine's :class:`ChunkStream`.
+    handle(): count -> plan() [endpoint: validate, prompt ids, EngineRequest] -> admit ->
+    engine.open -> stream: first batch, then SSE from run() with stream_output()
+                   non-stream: run() into a Collected, then reply() [endpoint: the JSON]
+
+:meth:`RequestRunner.run` is the only per-token loop: TTFT/ITL metrics, token counts,
+flushing, the engine stream's close, the finish reason and the endings (error event,
+usage chunk, ``[DONE]``, counters, lease release) for all four kinds of reply.
 """
 
 from __future__ import annotations
@@ -13,35 +18,30 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
+import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from trtllm_stack.proxy.engine import (
-    ChunkStream,
-    Engine,
-    EngineError,
-    EngineLimits,
-    EngineSilent,
-    EngineUnavailable,
-)
+from trtllm_stack.proxy.engine import ChunkStream, Engine, EngineLimits
 from trtllm_stack.proxy.errors import (
-    BackendFailed,
-    BackendTimeout,
-    BackendUnavailable,
     InvalidRequest,
     ModelNotFound,
     Overloaded,
     ProxyError,
+    engine_failure,
     json_response,
 )
 from trtllm_stack.proxy.guided import Guide, request_guide
 from trtllm_stack.proxy.metrics import ProxyMetrics
+from trtllm_stack.proxy.prompt_worker import PromptWork
 from trtllm_stack.proxy.protocol import _SamplingRequest
 from trtllm_stack.proxy.settings import ProxySettings
 from trtllm_stack.proxy.sse import DONE, event
+from trtllm_stack.proxy.workers import SharedInFlight
+from trtllm_stack.text.chat_template import ChatTemplate
 from trtllm_stack.text.pipeline import TextPipeline
 from trtllm_stack.text.special_tokens import LiteralText
 from trtllm_stack.triton.tensors import EngineChunk, EngineRequest
@@ -56,20 +56,6 @@ _FALLBACK_SEQ_LEN = 32768
 
 class ClientGone(Exception):
     """The HTTP client disconnected before the response was ready."""
-
-
-def backend_error(exc: BaseException) -> ProxyError:
-    """Map what the pump raised to the error the client sees."""
-    if isinstance(exc, EngineUnavailable):
-        return BackendUnavailable(f"the inference backend is unavailable: {exc}")
-    if isinstance(exc, EngineSilent):
-        return BackendTimeout(str(exc))
-    if isinstance(exc, EngineError):
-        return BackendFailed(f"the inference backend failed the request: {exc}")
-    if isinstance(exc, ProxyError):
-        return exc
-    log.error("unexpected backend failure: %r", exc, exc_info=exc)
-    return BackendFailed("the inference backend failed the request")
 
 
 class ServingContext:
@@ -87,6 +73,8 @@ class ServingContext:
         self.tokenizer = tokenizer
         self.metrics = metrics
         self.in_flight = 0
+        # --workers: the in-flight count of the whole server (proxy/workers.py).
+        self.shared_limit: SharedInFlight | None = None
         self._limits: EngineLimits | None = None
         self.end_id: int = int(tokenizer.eos_token_id)
         pad = tokenizer.pad_token_id
@@ -96,12 +84,24 @@ class ServingContext:
         self.extra_stop_ids: tuple[tuple[int, ...], ...] = (
             ((int(extra),),) if isinstance(extra, int) and extra != self.end_id else ()
         )
-        self._backend = tokenizer.backend_tokenizer
         self.literal = LiteralText(tokenizer)
+        self.chat_template = ChatTemplate(
+            tokenizer,
+            max_seconds=settings.template_timeout,
+            max_chars=settings.max_template_chars,
+        )
+        self.prompt = PromptWork(
+            tokenizer.backend_tokenizer,
+            cache_bytes=settings.prompt_cache_bytes,
+            inline_chars=settings.prompt_inline_chars,
+            threads=settings.prompt_threads,
+            registry=metrics.registry,
+        )
 
-    def encode(self, text: str) -> list[int]:
+    def encode(self, text: str) -> Sequence[int]:
+        """Token ids of ``text`` (markers special); safe from the prompt thread too."""
         try:
-            ids: list[int] = self._backend.encode(text, add_special_tokens=False).ids
+            ids = self.prompt.encode(text)
         except (TypeError, ValueError, UnicodeError):
             # Lone surrogates ("\ud800" in JSON) are valid JSON but not Unicode text.
             raise InvalidRequest(
@@ -113,10 +113,8 @@ class ServingContext:
         if self._limits is None:
             try:
                 limits = await self.engine.limits()
-            except EngineUnavailable as exc:
-                raise BackendUnavailable(f"the inference backend is unavailable: {exc}") from None
-            except EngineError as exc:
-                raise BackendFailed(f"cannot read the engine limits: {exc}") from None
+            except Exception as exc:
+                raise engine_failure(exc, "to give its limits") from None
             self._limits = limits
         return self._limits
 
@@ -132,7 +130,8 @@ class ServingContext:
 
     def admit(self) -> Lease:
         limit = self.settings.max_in_flight
-        if limit and self.in_flight >= limit:
+        shared = self.shared_limit
+        if (limit and self.in_flight >= limit) or (shared is not None and not shared.acquire()):
             raise Overloaded(
                 f"the server is at its limit of {limit} requests in flight; retry shortly",
                 headers={"Retry-After": "1"},
@@ -249,6 +248,8 @@ class Lease:
         ctx, self._ctx = self._ctx, None
         if ctx is not None:
             ctx.in_flight -= 1
+            if ctx.shared_limit is not None:
+                ctx.shared_limit.release()
             ctx.metrics.in_flight.dec()
             ctx.metrics.duration.observe(time.perf_counter() - self._start)
 
@@ -327,61 +328,253 @@ def completion_logprobs(
 
 
 @dataclass(slots=True)
+class Plan:
+    """What both endpoints decide before the engine is asked (endpoints extend it)."""
+
+    request_id: str
+    created: int
+    model: str
+    engine_req: EngineRequest
+    prompt_tokens: int
+    stops: list[str]
+    include_usage: bool
+    continuous_usage: bool  # stream_options.continuous_usage_stats (vLLM)
+    want_logprobs: bool
+
+
+P = TypeVar("P", bound=Plan)
+
+
+class TokenSink(Protocol):
+    """Where :meth:`RequestRunner.run` puts a request's tokens: SSE chunks for a stream
+    (the endpoint's :meth:`RequestRunner.stream_output`) or a :class:`Collected`."""
+
+    @property
+    def stopped(self) -> bool: ...
+
+    def push(self, ids: list[int], batch: list[EngineChunk], out: list[bytes]) -> None:
+        """Take the batch's token ids (``batch`` for log probs); append bytes to send."""
+
+    def finish(self, out: list[bytes], finish: str) -> str:
+        """Flush what is held back; return the finish reason to report (``finish`` is
+        "stop"/"length" as the engine and stop strings decided)."""
+
+
+@dataclass(slots=True)
 class Collected:
     """A whole generation read for a non-streaming reply (text after stop strings)."""
 
-    text: str
-    completion_tokens: int
-    finish_reason: str  # "stop" or "length"; chat may still turn it into "tool_calls"
-    token_ids: list[int]  # with log probs only
-    log_probs: list[float]
+    pipeline: TextPipeline
+    want_log_probs: bool
+    text: str = ""
+    completion_tokens: int = 0
+    finish_reason: str = "stop"  # "stop" or "length"; chat may still turn it into "tool_calls"
+    token_ids: list[int] = field(default_factory=list)  # with log probs only
+    log_probs: list[float] = field(default_factory=list)
+    _parts: list[str] = field(default_factory=list)
+
+    @property
+    def stopped(self) -> bool:
+        return self.pipeline.stopped
+
+    def push(self, ids: list[int], batch: list[EngineChunk], out: list[bytes]) -> None:
+        self.completion_tokens += len(ids)
+        self._parts.append(self.pipeline.push(ids)[1])
+        if self.want_log_probs:
+            self.token_ids.extend(ids)
+            self.log_probs.extend(lp for ch in batch for lp in ch.log_probs or ())
+
+    def finish(self, out: list[bytes], finish: str) -> str:
+        self._parts.append(self.pipeline.finish()[1])
+        self.text = "".join(self._parts)
+        self.finish_reason = finish
+        return finish
 
 
-async def collect(
-    ctx: ServingContext,
-    req: EngineRequest,
-    pump: ChunkStream,
-    lease: Lease,
-    stops: Sequence[str],
-    want_log_probs: bool,
-) -> Collected:
-    """Read ``pump`` to its end (or the first stop string) for a non-streaming reply."""
-    pipeline = TextPipeline(ctx.tokenizer, stops=stops)
-    parts: list[str] = []
-    ids_all: list[int] = []
-    lps_all: list[float] = []
-    n_out = 0
-    last = -1
-    try:
-        while (batch := await pump.next_batch()) is not None:
-            for chunk in batch:
-                ids = chunk.token_ids
-                if ids:
-                    if n_out == 0:
-                        ctx.metrics.ttft.observe(time.perf_counter() - lease.start)
-                    n_out += len(ids)
-                    last = ids[-1]
-                    parts.append(pipeline.push(ids)[1])
-                    if want_log_probs:
-                        ids_all.extend(ids)
-                        lps_all.extend(chunk.log_probs or ())
-                if pipeline.stopped or chunk.final:
-                    break
-            if pipeline.stopped or batch[-1].final:
-                break
-    except Exception as exc:
-        raise backend_error(exc) from None
-    finally:
+def abandon(pump: ChunkStream | None, lease: Lease) -> None:
+    if pump is not None:
         pump.close()
-    parts.append(pipeline.finish()[1])
-    finish = "stop" if pipeline.stopped else ctx.finish_reason(req, n_out, last)
-    return Collected("".join(parts), n_out, finish, ids_all, lps_all)
+    lease.release()
+
+
+class RequestRunner(Generic[P]):
+    """One request from body to reply, for every endpoint (template method).
+
+    Subclasses give ``endpoint`` (metrics label), ``chunk_object`` (the SSE chunks'
+    ``object``) and the three steps that differ: :meth:`plan`, :meth:`stream_output`,
+    :meth:`reply`. Everything else, in particular the per-token loop, is here once.
+    """
+
+    endpoint: ClassVar[str]
+    chunk_object: ClassVar[str]
+
+    def __init__(self, ctx: ServingContext) -> None:
+        self.ctx = ctx
+
+    # -- what endpoints define -------------------------------------------------------------
+
+    async def plan(self, body: Any) -> P:
+        """Validate the body and turn it into an engine request (raise ProxyError)."""
+        raise NotImplementedError
+
+    def stream_output(self, plan: P, head: dict[str, Any], out: list[bytes]) -> TokenSink:
+        """The SSE formatter of one stream; may append opening chunks to ``out``."""
+        raise NotImplementedError
+
+    def reply(self, plan: P, got: Collected) -> tuple[dict[str, Any], str]:
+        """The non-stream JSON reply and its finish reason, from the collected output."""
+        raise NotImplementedError
+
+    # -- the request path ------------------------------------------------------------------
+
+    async def handle(self, request: Request, body: Any) -> Response:
+        """Count, plan, admit, start the engine request, answer as JSON or SSE.
+
+        The engine stream and the lease are released on every path.
+        """
+        from trtllm_stack.proxy.sse import SSEResponse
+
+        ctx = self.ctx
+        ctx.metrics.requests.labels(self.endpoint).inc()
+        plan = await self.plan(body)
+        ctx.metrics.prompt_tokens.inc(plan.prompt_tokens)
+        lease = ctx.admit()
+        pump: ChunkStream | None = None
+        try:
+            pump = await ctx.start(plan.engine_req, plan.request_id)
+            if not body.stream:
+                result = await until_disconnect(request, self._collect(plan, pump, lease))
+                abandon(pump, lease)
+                return json_response(200, result)
+            # Wait for the first chunk before answering so that a backend that is down
+            # gives a proper 503 instead of a 200 stream carrying an error.
+            first = await until_disconnect(request, pump.next_batch())
+        except ClientGone:
+            ctx.metrics.count_error("client_disconnected")
+            abandon(pump, lease)
+            return Response(status_code=499)
+        except ProxyError:
+            abandon(pump, lease)
+            raise
+        except Exception as exc:
+            abandon(pump, lease)
+            raise engine_failure(exc) from None
+        except BaseException:
+            abandon(pump, lease)
+            raise
+        owned_pump = pump
+
+        def cleanup() -> None:
+            owned_pump.close()
+            lease.release()
+
+        return SSEResponse(
+            self._stream(plan, owned_pump, first, lease),
+            cleanup,
+            ctx.settings.send_timeout,
+            on_abandon=ctx.metrics.count_error,
+        )
+
+    def _head(self, plan: P) -> dict[str, Any]:
+        return {
+            "id": plan.request_id,
+            "object": self.chunk_object,
+            "created": plan.created,
+            "model": plan.model,
+        }
+
+    def _stream(
+        self, plan: P, pump: ChunkStream, first: list[EngineChunk] | None, lease: Lease
+    ) -> AsyncIterator[bytes]:
+        head = self._head(plan)
+        out: list[bytes] = []
+        sink = self.stream_output(plan, head, out)
+        return self.run(plan, pump, first, lease, sink, out, head)
+
+    async def _collect(self, plan: P, pump: ChunkStream, lease: Lease) -> dict[str, Any]:
+        got = Collected(TextPipeline(self.ctx.tokenizer, stops=plan.stops), plan.want_logprobs)
+        first = await pump.next_batch()
+        async for _ in self.run(plan, pump, first, lease, got, [], None):
+            pass  # a Collected sends nothing: run() only returns at the end
+        result, finish = self.reply(plan, got)
+        count_finished(self.ctx, got.completion_tokens, finish)
+        return result
+
+    async def run(
+        self,
+        plan: P,
+        pump: ChunkStream,
+        batch: list[EngineChunk] | None,
+        lease: Lease,
+        sink: TokenSink,
+        out: list[bytes],
+        head: dict[str, Any] | None,
+    ) -> AsyncIterator[bytes]:
+        """The per-token loop: read ``pump`` from ``batch`` on into ``sink``, yielding what
+        it wrote to ``out`` once per engine batch. With ``head`` (a stream) it ends with the
+        stream's last bytes, an error event included, and releases the lease; without, it
+        raises the engine's failure as a ProxyError and leaves counting to the caller."""
+        metrics = self.ctx.metrics
+        stamp = plan.continuous_usage and head is not None
+        n_out = 0
+        last = -1
+        last_at = 0.0
+        try:
+            try:
+                while batch is not None:
+                    ids = (
+                        batch[0].token_ids
+                        if len(batch) == 1
+                        else [t for c in batch for t in c.token_ids]
+                    )
+                    if ids:
+                        now = time.perf_counter()
+                        if n_out == 0:
+                            metrics.ttft.observe(now - lease.start)
+                        else:
+                            metrics.inter_token.observe((now - last_at) / len(ids))
+                        last_at = now
+                        n_out += len(ids)
+                        last = ids[-1]
+                        sink.push(ids, batch, out)
+                    if batch[-1].final or sink.stopped:
+                        break
+                    if out:
+                        if stamp:
+                            stamp_usage(out, plan.prompt_tokens, n_out)
+                        yield b"".join(out)
+                        out.clear()
+                    batch = await pump.next_batch()
+            finally:
+                pump.close()
+        except Exception as exc:
+            if head is None:
+                raise engine_failure(exc) from None
+            yield stream_failed(self.ctx, exc, out, lease)
+            return
+        length_or_stop = (
+            "stop" if sink.stopped else self.ctx.finish_reason(plan.engine_req, n_out, last)
+        )
+        finish = sink.finish(out, length_or_stop)
+        if stamp:
+            stamp_usage(out, plan.prompt_tokens, n_out)
+        if head is not None:
+            yield stream_finished(
+                self.ctx,
+                out,
+                head,
+                prompt_tokens=plan.prompt_tokens,
+                completion_tokens=n_out,
+                include_usage=plan.include_usage,
+                finish=finish,
+                lease=lease,
+            )
 
 
 def stream_failed(ctx: ServingContext, exc: Exception, out: list[bytes], lease: Lease) -> bytes:
     """The last bytes of a stream the backend broke: what was pending, an error event,
     ``[DONE]``. Counts the error and releases the lease."""
-    err = backend_error(exc)
+    err = engine_failure(exc)
     ctx.metrics.count_error(err.code or err.type)
     out.append(event(err.body()))
     out.append(DONE)
@@ -410,70 +603,15 @@ def stream_finished(
     return b"".join(out)
 
 
+def stamp_usage(out: list[bytes], prompt_tokens: int, completion_tokens: int) -> None:
+    """continuous_usage_stats: the usage so far on each pending chunk (``...}]}\n\n`` ->
+    ``...}],"usage":{...}}\n\n``)."""
+    tail = b',"usage":' + orjson.dumps(usage(prompt_tokens, completion_tokens)) + b"}\n\n"
+    for i, chunk in enumerate(out):
+        if chunk.endswith(b"]}\n\n"):
+            out[i] = chunk[:-3] + tail
+
+
 def count_finished(ctx: ServingContext, completion_tokens: int, finish: str) -> None:
     ctx.metrics.completion_tokens.inc(completion_tokens)
     ctx.metrics.finished.labels(finish).inc()
-
-
-class _Plan(Protocol):
-    engine_req: EngineRequest
-    request_id: str
-
-
-def abandon(pump: ChunkStream | None, lease: Lease) -> None:
-    if pump is not None:
-        pump.close()
-    lease.release()
-
-
-async def serve_plan(
-    ctx: ServingContext,
-    request: Request,
-    plan: _Plan,
-    *,
-    stream: bool,
-    aggregate: Callable[[ChunkStream, Lease], Awaitable[dict[str, Any]]],
-    events: Callable[[ChunkStream, list[EngineChunk] | None, Lease], AsyncIterator[bytes]],
-) -> Response:
-    """Admit, start the engine request, then answer as JSON or as an SSE stream.
-
-    Shared by chat and completions: the pump and the lease are released on every path.
-    """
-    from trtllm_stack.proxy.sse import SSEResponse
-
-    lease = ctx.admit()
-    pump: ChunkStream | None = None
-    try:
-        pump = await ctx.start(plan.engine_req, plan.request_id)
-        if not stream:
-            result = await until_disconnect(request, aggregate(pump, lease))
-            abandon(pump, lease)
-            return json_response(200, result)
-        # Wait for the first chunk before answering so that a backend that is down gives
-        # a proper 503 instead of a 200 stream carrying an error.
-        first = await until_disconnect(request, pump.next_batch())
-    except ClientGone:
-        ctx.metrics.count_error("client_disconnected")
-        abandon(pump, lease)
-        return Response(status_code=499)
-    except ProxyError:
-        abandon(pump, lease)
-        raise
-    except Exception as exc:
-        abandon(pump, lease)
-        raise backend_error(exc) from None
-    except BaseException:
-        abandon(pump, lease)
-        raise
-    owned_pump = pump
-
-    def cleanup() -> None:
-        owned_pump.close()
-        lease.release()
-
-    return SSEResponse(
-        events(owned_pump, first, lease),
-        cleanup,
-        ctx.settings.send_timeout,
-        on_abandon=ctx.metrics.count_error,
-    )

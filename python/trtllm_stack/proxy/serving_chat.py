@@ -2,17 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import time
-from collections.abc import AsyncIterator
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from starlette.requests import Request
-from starlette.responses import Response
-
-from trtllm_stack.proxy.engine import ChunkStream
 from trtllm_stack.proxy.errors import InvalidRequest
 from trtllm_stack.proxy.guided import (
     ForcedTools,
@@ -22,19 +16,18 @@ from trtllm_stack.proxy.guided import (
     tool_choice_guide,
 )
 from trtllm_stack.proxy.protocol import ChatCompletionRequest, ChatMessage, NamedToolChoice
+from trtllm_stack.proxy.request_limits import template_kwargs, template_limit_error
 from trtllm_stack.proxy.serving_base import (
-    Lease,
+    Collected,
+    Plan,
+    RequestRunner,
     ServingContext,
     chat_logprobs,
-    collect,
-    count_finished,
     new_request_id,
-    serve_plan,
-    stream_failed,
-    stream_finished,
     usage,
 )
 from trtllm_stack.proxy.sse import ChunkTemplate, dumps
+from trtllm_stack.text.chat_template import TemplateLimit
 from trtllm_stack.text.pipeline import TextPipeline
 from trtllm_stack.text.reasoning import split_reasoning
 from trtllm_stack.text.special_tokens import Escaper
@@ -44,34 +37,20 @@ from trtllm_stack.text.tool_calls import (
     new_call_id,
     parse_tool_calls,
 )
-from trtllm_stack.triton.tensors import EngineChunk, EngineRequest
+from trtllm_stack.triton.tensors import EngineChunk
 
-# Prompts longer than this are templated and tokenized in a worker thread so that one big
-# request does not stall every stream's next token.
-_INLINE_PROMPT_CHARS = 16_384
-_RESERVED_TEMPLATE_KEYS = frozenset(
-    {"messages", "tools", "add_generation_prompt", "tokenize", "conversation", "documents"}
-)
 _REQUIRED_TOOL_HINT = "You must call at least one of the provided functions in your reply."
 _NAMED_TOOL_HINT = "You must call the function `{name}` in your reply."
 
 
 @dataclass(slots=True)
-class ChatPlan:
+class ChatPlan(Plan):
     """Everything decided before the engine is asked: prompt, parsing, output shape."""
 
-    request_id: str
-    created: int
-    model: str
-    engine_req: EngineRequest
-    prompt_tokens: int
-    stops: list[str]
     tool_names: list[str] | None  # None: no tool-call parsing
     thinking_enabled: bool
     think_in_prompt: bool
     reasoning: bool
-    include_usage: bool
-    want_logprobs: bool
     tool_call_streaming: ToolCallStreaming = "incremental"
     # tool_choice required/named: the output is guided JSON, read back as calls (guided.py).
     forced_tools: ForcedTools | None = None
@@ -119,7 +98,7 @@ def _template_messages(messages: list[ChatMessage], esc: Escaper) -> list[dict[s
                 # The Qwen3 template serialises a dict itself; a string would be quoted.
                 calls.append(
                     {
-                        "id": call.id,
+                        "id": esc.text(call.id) if call.id is not None else None,
                         "type": "function",
                         "function": {
                             "name": esc.text(call.function.name),
@@ -128,14 +107,23 @@ def _template_messages(messages: list[ChatMessage], esc: Escaper) -> list[dict[s
                     }
                 )
             item["tool_calls"] = calls
-        if msg.role == "assistant" and msg.reasoning_content:
-            item["reasoning_content"] = msg.reasoning_content
+        reasoning_text = msg.reasoning_content or msg.reasoning
+        if msg.role == "assistant" and reasoning_text:
+            item["reasoning_content"] = reasoning_text
         if msg.role == "tool" and msg.tool_call_id is not None:
-            item["tool_call_id"] = msg.tool_call_id
+            item["tool_call_id"] = esc.text(msg.tool_call_id)
         if msg.name is not None:
-            item["name"] = msg.name
+            item["name"] = esc.text(msg.name)
         out.append(item)
     return out
+
+
+def _prompt_chars(messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> int:
+    """About how many characters the rendered prompt has (decides inline or thread)."""
+    size = sum(len(m["content"]) + len(m.get("reasoning_content") or "") for m in messages)
+    if tools:
+        size += len(json.dumps(tools, ensure_ascii=False))
+    return size
 
 
 def _add_system_hint(messages: list[dict[str, Any]], hint: str) -> None:
@@ -156,9 +144,9 @@ def _check_unsupported(body: ChatCompletionRequest) -> None:
         )
 
 
-class ChatService:
-    def __init__(self, ctx: ServingContext) -> None:
-        self.ctx = ctx
+class ChatService(RequestRunner[ChatPlan]):
+    endpoint = "chat"
+    chunk_object = "chat.completion.chunk"
 
     def _render(
         self,
@@ -166,12 +154,13 @@ class ChatService:
         tools: list[dict[str, Any]] | None,
         kwargs: dict,
         esc: Escaper,
-    ) -> tuple[str, list[int]]:
-        tok = self.ctx.tokenizer
+    ) -> tuple[str, Sequence[int]]:
         try:
-            text = tok.apply_chat_template(
-                messages, tools=tools, add_generation_prompt=True, tokenize=False, **kwargs
+            text = self.ctx.chat_template.render(
+                messages, tools=tools, add_generation_prompt=True, **kwargs
             )
+        except TemplateLimit as exc:
+            raise template_limit_error(exc) from None
         except Exception as exc:  # jinja TemplateError, TypeError from odd content
             raise InvalidRequest(f"the chat template rejected the messages: {exc}") from None
         try:
@@ -208,7 +197,8 @@ class ChatService:
                     )
                 tool_defs = [t for t in tool_defs if t["function"]["name"] == name]
                 tool_names = [name]
-                _add_system_hint(messages, _NAMED_TOOL_HINT.format(name=name))
+                # The name is client text like any other (it once forged a system turn).
+                _add_system_hint(messages, _NAMED_TOOL_HINT.format(name=esc.text(name)))
                 tool_guide, forced = tool_choice_guide(tool_defs, name, body.parallel_tool_calls)
             elif choice == "required":
                 _add_system_hint(messages, _REQUIRED_TOOL_HINT)
@@ -216,24 +206,16 @@ class ChatService:
         elif choice not in (None, "none", "auto"):
             raise InvalidRequest("tool_choice needs tools", param="tool_choice")
 
-        kwargs = {
-            k: v
-            for k, v in (body.chat_template_kwargs or {}).items()
-            if k not in _RESERVED_TEMPLATE_KEYS
-        }
+        kwargs = template_kwargs(body.chat_template_kwargs, ctx.chat_template, esc)
         # Under a guide the grammar holds from the first token (the backend has no reasoning
         # phase before it), so Qwen3 answers without thinking unless the client asks.
         thinking = kwargs.get("enable_thinking", forced is None and not asks_for_guide(body))
         thinking_enabled = thinking is not False
         kwargs["enable_thinking"] = thinking_enabled
         tools_arg = esc.json_value(tool_defs) if tool_names is not None else None
-        size = sum(len(m["content"]) for m in messages)
-        if size > _INLINE_PROMPT_CHARS:
-            text, prompt_ids = await asyncio.to_thread(
-                self._render, messages, tools_arg, kwargs, esc
-            )
-        else:
-            text, prompt_ids = self._render(messages, tools_arg, kwargs, esc)
+        text, prompt_ids = await ctx.prompt.run(
+            _prompt_chars(messages, tools_arg), self._render, messages, tools_arg, kwargs, esc
+        )
 
         want_logprobs = bool(body.logprobs)
         max_tokens = body.max_completion_tokens or body.max_tokens
@@ -260,31 +242,17 @@ class ChatService:
             include_usage=bool(
                 body.stream and body.stream_options and body.stream_options.include_usage
             ),
+            continuous_usage=body.continuous_usage(),
             want_logprobs=want_logprobs,
             tool_call_streaming=ctx.settings.tool_call_streaming,
             forced_tools=forced,
             parallel_tool_calls=body.parallel_tool_calls is not False,
         )
 
-    async def handle(self, request: Request, body: ChatCompletionRequest) -> Response:
-        ctx = self.ctx
-        ctx.metrics.requests.labels("chat").inc()
-        plan = await self.plan(body)
-        ctx.metrics.prompt_tokens.inc(plan.prompt_tokens)
-        return await serve_plan(
-            ctx,
-            request,
-            plan,
-            stream=bool(body.stream),
-            aggregate=lambda pump, lease: self._aggregate(plan, pump, lease),
-            events=lambda pump, first, lease: self._stream(plan, pump, first, lease),
-        )
-
     # -- non-streaming ---------------------------------------------------------------
 
-    async def _aggregate(self, plan: ChatPlan, pump: ChunkStream, lease: Lease) -> dict[str, Any]:
+    def reply(self, plan: ChatPlan, got: Collected) -> tuple[dict[str, Any], str]:
         ctx = self.ctx
-        got = await collect(ctx, plan.engine_req, pump, lease, plan.stops, plan.want_logprobs)
         text = got.text
         reasoning: str | None = None
         if plan.reasoning:
@@ -293,7 +261,8 @@ class ChatService:
             )
         message: dict[str, Any] = {"role": "assistant", "content": text}
         if reasoning:
-            message["reasoning_content"] = reasoning
+            for key in _REASONING_KEYS[ctx.settings.reasoning_field]:
+                message[key] = reasoning
         finish = got.finish_reason
         if plan.forced_tools is not None:
             forced = forced_tool_calls(text, plan.forced_tools)
@@ -316,13 +285,12 @@ class ChatService:
                     for c in calls
                 ]
                 finish = "tool_calls"
-        count_finished(ctx, got.completion_tokens, finish)
         logprobs = (
             chat_logprobs(ctx.tokenizer, got.token_ids, got.log_probs)
             if plan.want_logprobs
             else None
         )
-        return {
+        result = {
             "id": plan.request_id,
             "object": "chat.completion",
             "created": plan.created,
@@ -332,26 +300,27 @@ class ChatService:
             ],
             "usage": usage(plan.prompt_tokens, got.completion_tokens),
         }
+        return result, finish
 
     # -- streaming -------------------------------------------------------------------
 
-    async def _stream(
-        self,
-        plan: ChatPlan,
-        pump: ChunkStream,
-        first: list[EngineChunk] | None,
-        lease: Lease,
-    ) -> AsyncIterator[bytes]:
-        ctx = self.ctx
-        metrics = ctx.metrics
-        head: dict[str, Any] = {
-            "id": plan.request_id,
-            "object": "chat.completion.chunk",
-            "created": plan.created,
-            "model": plan.model,
-        }
+    def stream_output(self, plan: ChatPlan, head: dict[str, Any], out: list[bytes]) -> DeltaOutput:
         tpl = ChunkTemplate(head, "delta")
-        pipeline = TextPipeline(
+        out.append(tpl.chunk(b'{"role":"assistant","content":""}'))
+        return DeltaOutput(self.ctx, plan, tpl)
+
+
+class DeltaOutput:
+    """Chat stream chunks: ``choices[0].delta`` with reasoning, content and tool calls."""
+
+    __slots__ = ("_ctx", "_pipeline", "_plan", "_rkeys", "_shaper", "_tpl")
+
+    def __init__(self, ctx: ServingContext, plan: ChatPlan, tpl: ChunkTemplate) -> None:
+        self._ctx = ctx
+        self._plan = plan
+        self._tpl = tpl
+        self._rkeys = _REASONING_KEYS[ctx.settings.reasoning_field]
+        self._pipeline = TextPipeline(
             ctx.tokenizer,
             stops=plan.stops,
             reasoning=plan.reasoning,
@@ -360,84 +329,44 @@ class ChatService:
             tool_names=plan.tool_names,
             tool_call_streaming=plan.tool_call_streaming,
         )
-        want_lp = plan.want_logprobs
-        shaper = _CallShaper(plan) if plan.forced_tools or not plan.parallel_tool_calls else None
-        out: list[bytes] = [tpl.chunk(b'{"role":"assistant","content":""}')]
-        n_out = 0
-        last = -1
-        last_at = 0.0
-        batch = first
-        try:
-            try:
-                while batch is not None:
-                    if len(batch) == 1:
-                        ids = batch[0].token_ids
-                    else:
-                        ids = [t for c in batch for t in c.token_ids]
-                    final = batch[-1].final
-                    if ids:
-                        now = time.perf_counter()
-                        if n_out == 0:
-                            metrics.ttft.observe(now - lease.start)
-                        else:
-                            metrics.inter_token.observe((now - last_at) / len(ids))
-                        last_at = now
-                        n_out += len(ids)
-                        last = ids[-1]
-                        r, c, deltas = pipeline.push(ids)
-                        if shaper is not None:
-                            c, deltas = shaper.push(c, deltas)
-                        if want_lp:
-                            lps = [lp for ch in batch for lp in ch.log_probs or ()]
-                            lp_json = dumps(chat_logprobs(ctx.tokenizer, ids, lps))
-                            out.append(tpl.chunk(_delta_body(r, c, deltas), lp_json))
-                        elif r or c or deltas:
-                            out.append(tpl.chunk(_delta_body(r, c, deltas)))
-                    if final or pipeline.stopped:
-                        break
-                    if out:
-                        yield b"".join(out)
-                        out.clear()
-                    batch = await pump.next_batch()
-            finally:
-                pump.close()
-        except Exception as exc:
-            yield stream_failed(ctx, exc, out, lease)
-            return
+        # tool_choice required/named, parallel_tool_calls false (see _CallShaper).
+        self._shaper = (
+            _CallShaper(plan) if plan.forced_tools or not plan.parallel_tool_calls else None
+        )
+
+    @property
+    def stopped(self) -> bool:
+        return self._pipeline.stopped
+
+    def push(self, ids: list[int], batch: list[EngineChunk], out: list[bytes]) -> None:
+        r, c, deltas = self._pipeline.push(ids)
+        if self._shaper is not None:
+            c, deltas = self._shaper.push(c, deltas)
+        if self._plan.want_logprobs:
+            lps = [lp for ch in batch for lp in ch.log_probs or ()]
+            lp_json = dumps(chat_logprobs(self._ctx.tokenizer, ids, lps))
+            out.append(self._tpl.chunk(_delta_body(r, c, deltas, self._rkeys), lp_json))
+        elif r or c or deltas:
+            out.append(self._tpl.chunk(_delta_body(r, c, deltas, self._rkeys)))
+
+    def finish(self, out: list[bytes], finish: str) -> str:
+        pipeline = self._pipeline
+        shaper = self._shaper
         r, c, deltas = pipeline.finish()
         if shaper is not None:
             c, deltas = shaper.push(c, deltas)
             c, deltas = shaper.finish(c, deltas)
         if r or c or deltas:
-            out.append(tpl.chunk(_delta_body(r, c, deltas)))
+            out.append(self._tpl.chunk(_delta_body(r, c, deltas, self._rkeys)))
         if shaper is not None and shaper.called:
-            finish = ctx.finish_reason(plan.engine_req, n_out, last)
             finish = "tool_calls" if finish == "stop" else finish
         elif pipeline.called_tools:
-            finish = "tool_calls"
             # A call already streamed and then cut off by max_tokens cannot be taken back;
             # "length" tells the client its arguments are incomplete (as OpenAI does).
-            if (
-                pipeline.tool_call_truncated
-                and not pipeline.stopped
-                and ctx.finish_reason(plan.engine_req, n_out, last) == "length"
-            ):
-                finish = "length"
-        elif pipeline.stopped:
-            finish = "stop"
-        else:
-            finish = ctx.finish_reason(plan.engine_req, n_out, last)
-        out.append(tpl.final(b"{}", finish))
-        yield stream_finished(
-            ctx,
-            out,
-            head,
-            prompt_tokens=plan.prompt_tokens,
-            completion_tokens=n_out,
-            include_usage=plan.include_usage,
-            finish=finish,
-            lease=lease,
-        )
+            truncated = pipeline.tool_call_truncated and not pipeline.stopped
+            finish = "length" if truncated and finish == "length" else "tool_calls"
+        out.append(self._tpl.final(b"{}", finish))
+        return finish
 
 
 def _call_json(name: str, arguments: str) -> dict[str, Any]:
@@ -480,18 +409,28 @@ class _CallShaper:
         return "", [ToolCallDelta(i, new_call_id(), n, a) for i, (n, a) in enumerate(calls)]
 
 
-def _delta_body(reasoning: str, content: str, deltas: list[ToolCallDelta]) -> bytes:
+_REASONING_KEYS: dict[str, tuple[str, ...]] = {
+    "both": ("reasoning_content", "reasoning"),
+    "reasoning": ("reasoning",),
+    "reasoning_content": ("reasoning_content",),
+}
+
+
+def _delta_body(
+    reasoning: str, content: str, deltas: list[ToolCallDelta], rkeys: tuple[str, ...]
+) -> bytes:
     if not deltas:
-        if reasoning and content:
-            return (
-                b'{"reasoning_content":' + dumps(reasoning) + b',"content":' + dumps(content) + b"}"
-            )
         if reasoning:
-            return b'{"reasoning_content":' + dumps(reasoning) + b"}"
+            value = dumps(reasoning)
+            body = b",".join(b'"' + k.encode() + b'":' + value for k in rkeys)
+            if content:
+                return b"{" + body + b',"content":' + dumps(content) + b"}"
+            return b"{" + body + b"}"
         return b'{"content":' + dumps(content) + b"}"
     delta: dict[str, Any] = {}
     if reasoning:
-        delta["reasoning_content"] = reasoning
+        for k in rkeys:
+            delta[k] = reasoning
     if content:
         delta["content"] = content
     # One entry per call index: a name delta and its arguments that arrived together

@@ -2,51 +2,38 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any
 
-from starlette.requests import Request
-from starlette.responses import Response
-
-from trtllm_stack.proxy.engine import ChunkStream
 from trtllm_stack.proxy.errors import InvalidRequest
 from trtllm_stack.proxy.protocol import CompletionRequest
 from trtllm_stack.proxy.serving_base import (
-    Lease,
-    ServingContext,
-    collect,
+    Collected,
+    Plan,
+    RequestRunner,
     completion_logprobs,
-    count_finished,
     new_request_id,
-    serve_plan,
-    stream_failed,
-    stream_finished,
     usage,
 )
 from trtllm_stack.proxy.sse import ChunkTemplate, dumps
 from trtllm_stack.text.pipeline import TextPipeline
-from trtllm_stack.triton.tensors import EngineChunk, EngineRequest
+from trtllm_stack.triton.tensors import EngineChunk
 
 
-@dataclass(slots=True)
-class CompletionPlan:
-    request_id: str
-    created: int
-    model: str
-    engine_req: EngineRequest
-    prompt_tokens: int
-    stops: list[str]
-    include_usage: bool
-    want_logprobs: bool
+def _text_chars(prompt: Any) -> int:
+    """Characters to tokenize (token-id prompts: none)."""
+    if isinstance(prompt, str):
+        return len(prompt)
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+        return len(prompt[0])
+    return 0
 
 
-class CompletionService:
-    def __init__(self, ctx: ServingContext) -> None:
-        self.ctx = ctx
+class CompletionService(RequestRunner[Plan]):
+    endpoint = "completions"
+    chunk_object = "text_completion"
 
-    def _prompt_ids(self, prompt: Any) -> list[int]:
+    def _prompt_ids(self, prompt: Any) -> Sequence[int]:
         if isinstance(prompt, str):
             return self.ctx.encode(prompt)
         if isinstance(prompt, list) and len(prompt) > 1 and not isinstance(prompt[0], int):
@@ -62,13 +49,18 @@ class CompletionService:
                 raise InvalidRequest(f"token id {i} is outside the vocabulary", param="prompt")
         return ids
 
-    async def plan(self, body: CompletionRequest) -> CompletionPlan:
+    async def plan(self, body: CompletionRequest) -> Plan:
         ctx = self.ctx
         ctx.check_model(body.model)
         if body.n not in (None, 1):
             raise InvalidRequest("only n=1 is supported", param="n")
         if body.best_of not in (None, 1):
-            raise InvalidRequest("best_of is not supported", param="best_of")
+            raise InvalidRequest(
+                "best_of is not supported: TensorRT-LLM's sampling has no best-of selection"
+                " (tensorrt_llm/sampling_params.py, _get_sampling_config: best_of has 'no"
+                " corresponding param' when sampling)",
+                param="best_of",
+            )
         if body.echo:
             raise InvalidRequest("echo is not supported", param="echo")
         if body.suffix:
@@ -79,13 +71,13 @@ class CompletionService:
                 " engine does not return alternatives",
                 param="logprobs",
             )
-        prompt_ids = self._prompt_ids(body.prompt)
+        prompt_ids = await ctx.prompt.run(_text_chars(body.prompt), self._prompt_ids, body.prompt)
         want_logprobs = body.logprobs is not None
         engine_req = await ctx.engine_request(
             body, prompt_ids, max_tokens=body.max_tokens, want_log_probs=want_logprobs, chat=False
         )
         request_id, created = new_request_id("cmpl")
-        return CompletionPlan(
+        return Plan(
             request_id=request_id,
             created=created,
             model=body.model,
@@ -95,35 +87,17 @@ class CompletionService:
             include_usage=bool(
                 body.stream and body.stream_options and body.stream_options.include_usage
             ),
+            continuous_usage=body.continuous_usage(),
             want_logprobs=want_logprobs,
         )
 
-    async def handle(self, request: Request, body: CompletionRequest) -> Response:
-        ctx = self.ctx
-        ctx.metrics.requests.labels("completions").inc()
-        plan = await self.plan(body)
-        ctx.metrics.prompt_tokens.inc(plan.prompt_tokens)
-        return await serve_plan(
-            ctx,
-            request,
-            plan,
-            stream=bool(body.stream),
-            aggregate=lambda pump, lease: self._aggregate(plan, pump, lease),
-            events=lambda pump, first, lease: self._stream(plan, pump, first, lease),
-        )
-
-    async def _aggregate(
-        self, plan: CompletionPlan, pump: ChunkStream, lease: Lease
-    ) -> dict[str, Any]:
-        ctx = self.ctx
-        got = await collect(ctx, plan.engine_req, pump, lease, plan.stops, plan.want_logprobs)
-        count_finished(ctx, got.completion_tokens, got.finish_reason)
+    def reply(self, plan: Plan, got: Collected) -> tuple[dict[str, Any], str]:
         logprobs = (
-            completion_logprobs(ctx.tokenizer, got.token_ids, got.log_probs, 0)
+            completion_logprobs(self.ctx.tokenizer, got.token_ids, got.log_probs, 0)
             if plan.want_logprobs
             else None
         )
-        return {
+        result = {
             "id": plan.request_id,
             "object": "text_completion",
             "created": plan.created,
@@ -138,78 +112,41 @@ class CompletionService:
             ],
             "usage": usage(plan.prompt_tokens, got.completion_tokens),
         }
+        return result, got.finish_reason
 
-    async def _stream(
-        self,
-        plan: CompletionPlan,
-        pump: ChunkStream,
-        first: list[EngineChunk] | None,
-        lease: Lease,
-    ) -> AsyncIterator[bytes]:
-        ctx = self.ctx
-        metrics = ctx.metrics
-        head: dict[str, Any] = {
-            "id": plan.request_id,
-            "object": "text_completion",
-            "created": plan.created,
-            "model": plan.model,
-        }
-        tpl = ChunkTemplate(head, "text")
-        pipeline = TextPipeline(ctx.tokenizer, stops=plan.stops)
-        out: list[bytes] = []
-        n_out = 0
-        last = -1
-        last_at = 0.0
-        offset = 0
-        batch = first
-        try:
-            try:
-                while batch is not None:
-                    ids = (
-                        batch[0].token_ids
-                        if len(batch) == 1
-                        else [t for c in batch for t in c.token_ids]
-                    )
-                    if ids:
-                        now = time.perf_counter()
-                        if n_out == 0:
-                            metrics.ttft.observe(now - lease.start)
-                        else:
-                            metrics.inter_token.observe((now - last_at) / len(ids))
-                        last_at = now
-                        n_out += len(ids)
-                        last = ids[-1]
-                        text = pipeline.push(ids)[1]
-                        if plan.want_logprobs:
-                            lps = [lp for ch in batch for lp in ch.log_probs or ()]
-                            lp = completion_logprobs(ctx.tokenizer, ids, lps, offset)
-                            out.append(tpl.chunk(dumps(text), dumps(lp)))
-                        elif text:
-                            out.append(tpl.chunk(dumps(text)))
-                        offset += len(text)
-                    if batch[-1].final or pipeline.stopped:
-                        break
-                    if out:
-                        yield b"".join(out)
-                        out.clear()
-                    batch = await pump.next_batch()
-            finally:
-                pump.close()
-        except Exception as exc:
-            yield stream_failed(ctx, exc, out, lease)
-            return
-        text = pipeline.finish()[1]
+    def stream_output(self, plan: Plan, head: dict[str, Any], out: list[bytes]) -> TextOutput:
+        return TextOutput(self.ctx.tokenizer, plan, ChunkTemplate(head, "text"))
+
+
+class TextOutput:
+    """Completion stream chunks: ``choices[0].text`` (and token logprobs when asked)."""
+
+    __slots__ = ("_offset", "_pipeline", "_tokenizer", "_tpl", "_want_logprobs")
+
+    def __init__(self, tokenizer: Any, plan: Plan, tpl: ChunkTemplate) -> None:
+        self._tokenizer = tokenizer
+        self._pipeline = TextPipeline(tokenizer, stops=plan.stops)
+        self._tpl = tpl
+        self._want_logprobs = plan.want_logprobs
+        self._offset = 0
+
+    @property
+    def stopped(self) -> bool:
+        return self._pipeline.stopped
+
+    def push(self, ids: list[int], batch: list[EngineChunk], out: list[bytes]) -> None:
+        text = self._pipeline.push(ids)[1]
+        if self._want_logprobs:
+            lps = [lp for ch in batch for lp in ch.log_probs or ()]
+            lp = completion_logprobs(self._tokenizer, ids, lps, self._offset)
+            out.append(self._tpl.chunk(dumps(text), dumps(lp)))
+        elif text:
+            out.append(self._tpl.chunk(dumps(text)))
+        self._offset += len(text)
+
+    def finish(self, out: list[bytes], finish: str) -> str:
+        text = self._pipeline.finish()[1]
         if text:
-            out.append(tpl.chunk(dumps(text)))
-        finish = "stop" if pipeline.stopped else ctx.finish_reason(plan.engine_req, n_out, last)
-        out.append(tpl.final(b'""', finish))
-        yield stream_finished(
-            ctx,
-            out,
-            head,
-            prompt_tokens=plan.prompt_tokens,
-            completion_tokens=n_out,
-            include_usage=plan.include_usage,
-            finish=finish,
-            lease=lease,
-        )
+            out.append(self._tpl.chunk(dumps(text)))
+        out.append(self._tpl.final(b'""', finish))
+        return finish

@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import re
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import lru_cache
 from typing import Any
 
@@ -92,7 +92,7 @@ class Escaper:
             return [self.json_value(v) for v in obj]
         return obj
 
-    def encode(self, rendered: str, encode: Callable[[str], list[int]]) -> list[int]:
+    def encode(self, rendered: str, encode: Callable[[str], Sequence[int]]) -> Sequence[int]:
         """Token ids of the rendered prompt: skeleton via ``encode`` (markers special), the
         escaped strings as plain text."""
         if not self._originals:

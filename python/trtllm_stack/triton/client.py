@@ -18,9 +18,16 @@ from typing import cast
 import numpy as np
 from tritonclient.grpc import service_pb2
 
-from trtllm_stack.triton import grpc_wire as wire
 from trtllm_stack.triton import tensors as T
-from trtllm_stack.triton.grpc_wire import GrpcCallError, GrpcChannel, GrpcStream, split_target
+from trtllm_stack.triton.grpc_wire import (
+    DEFAULT_KEEPALIVE,
+    GrpcCallError,
+    GrpcChannel,
+    GrpcStream,
+    Keepalive,
+    Status,
+    split_target,
+)
 
 _WIRE_TO_NP = {
     "INT32": np.int32,
@@ -32,16 +39,28 @@ _WIRE_TO_NP = {
 }
 
 
-class EngineUnavailable(Exception):
-    """Triton cannot be reached, or the model is not ready."""
-
-
 class EngineError(Exception):
-    """Triton answered the request with an error."""
+    """The engine failed a call. ``status`` (gRPC) is what the proxy maps to an OpenAI
+    error (proxy/errors.py ``engine_failure``); the subclasses only name common cases."""
+
+    status: Status = Status.UNKNOWN
+
+    def __init__(self, message: str, status: Status | None = None) -> None:
+        super().__init__(message)
+        if status is not None:
+            self.status = status
+
+
+class EngineUnavailable(EngineError):
+    """Triton cannot be reached, or the model is not there or not ready."""
+
+    status = Status.UNAVAILABLE
 
 
 class EngineSilent(EngineError):
     """No response for the request within its timeout (the request was cancelled)."""
+
+    status = Status.DEADLINE_EXCEEDED
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +160,46 @@ _MODEL_READY = "/inference.GRPCInferenceService/ModelReady"
 _MODEL_CONFIG = "/inference.GRPCInferenceService/ModelConfig"
 
 
+class SilenceWatch:
+    """Calls ``on_silent`` once a request has received nothing for ``timeout`` seconds.
+
+    One timer per request, re-armed lazily from ``last_activity()`` (the time of the last
+    frame): nothing runs per token. Used by :class:`EngineStream` and by
+    ``proxy.engine.TokenPump`` (engines written as generators), so both fail the same way.
+    """
+
+    __slots__ = ("_last_activity", "_on_silent", "_timer", "fired", "timeout")
+
+    def __init__(
+        self, timeout: float, last_activity: Callable[[], float], on_silent: Callable[[], None]
+    ) -> None:
+        self.timeout = timeout
+        self.fired = False
+        self._last_activity = last_activity
+        self._on_silent = on_silent
+        self._timer: asyncio.TimerHandle | None = asyncio.get_running_loop().call_later(
+            timeout, self._check
+        )
+
+    def _check(self) -> None:
+        self._timer = None
+        loop = asyncio.get_running_loop()
+        idle = loop.time() - self._last_activity()
+        if idle < self.timeout:
+            self._timer = loop.call_later(self.timeout - idle, self._check)
+            return
+        self.fired = True
+        self._on_silent()
+
+    def error(self) -> EngineSilent:
+        return EngineSilent(f"no response from the backend for {self.timeout:g} s")
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+
 class EngineStream:
     """One generation request in flight: Triton's responses, parsed, in batches.
 
@@ -148,32 +207,20 @@ class EngineStream:
     that falls behind catches up in one step), None after the final chunk. :meth:`close`
     before the final chunk resets the stream, and Triton cancels the request.
     With ``timeout``, a request that receives nothing for that long fails with
-    :class:`EngineSilent` (one timer per request, re-armed lazily: nothing per token).
+    :class:`EngineSilent` (:class:`SilenceWatch`).
     """
 
-    __slots__ = ("_call", "_done", "_silent", "_timeout", "_timer", "_want_log_probs")
+    __slots__ = ("_call", "_done", "_want_log_probs", "_watch")
 
     def __init__(self, call: GrpcStream, want_log_probs: bool, timeout: float | None) -> None:
         self._call = call
         self._want_log_probs = want_log_probs
         self._done = False
-        self._silent = False
-        self._timeout = timeout
-        self._timer: asyncio.TimerHandle | None = None
-        if timeout is not None:
-            self._timer = asyncio.get_running_loop().call_later(timeout, self._check_silence)
-
-    def _check_silence(self) -> None:
-        self._timer = None
-        if self._done or self._timeout is None:
-            return
-        loop = asyncio.get_running_loop()
-        idle = loop.time() - self._call.last_activity
-        if idle < self._timeout:
-            self._timer = loop.call_later(self._timeout - idle, self._check_silence)
-            return
-        self._silent = True
-        self._call.cancel()
+        self._watch = (
+            SilenceWatch(timeout, lambda: call.last_activity, call.cancel)
+            if timeout is not None
+            else None
+        )
 
     async def next_batch(self) -> list[T.EngineChunk] | None:
         if self._done:
@@ -183,10 +230,9 @@ class EngineStream:
             raw = await call.read_batch()
         except GrpcCallError as exc:
             self.close()
-            if self._silent:
-                raise EngineSilent(
-                    f"no response from the backend for {self._timeout:g} s"
-                ) from None
+            watch = self._watch
+            if watch is not None and watch.fired:
+                raise watch.error() from None
             raise _as_engine_exception(exc) from None
         if raw is None:
             self.close()
@@ -196,26 +242,27 @@ class EngineStream:
         for data in raw:
             resp = parse(data)
             if resp.error_message:
+                # Stream errors carry only Triton's message (ModelStreamInferResponse has
+                # no status field), so there is no code to map: the request failed.
                 self.close()
                 raise EngineError(resp.error_message)
             chunk = parse_response(resp.infer_response, self._want_log_probs)
             chunks.append(chunk)
             if chunk.final:
                 # Done: end our half; Triton then ends the call (status OK).
-                self._stop_timer()
+                self._stop_watch()
                 self._done = True
                 call.close_send()
                 break
         return chunks
 
-    def _stop_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+    def _stop_watch(self) -> None:
+        if self._watch is not None:
+            self._watch.stop()
 
     def close(self) -> None:
         """Idempotent. Before the final chunk: cancel the request in Triton."""
-        self._stop_timer()
+        self._stop_watch()
         if not self._done:
             self._done = True
             self._call.cancel()
@@ -227,16 +274,23 @@ _STREAM_RESPONSE = service_pb2.ModelStreamInferResponse
 class EngineClient:
     """The ``tensorrt_llm`` model over Triton's gRPC API, on one :class:`GrpcChannel`."""
 
-    def __init__(self, url: str = "localhost:8001", model: str = T.ENGINE_MODEL) -> None:
+    def __init__(
+        self,
+        url: str = "localhost:8001",
+        model: str = T.ENGINE_MODEL,
+        *,
+        keepalive: Keepalive | None = DEFAULT_KEEPALIVE,
+    ) -> None:
         self.url = url
         self.model = model
+        self.keepalive = keepalive
         split_target(url)  # a bad address fails here, not at the first request
         self._channel: GrpcChannel | None = None
 
     def _get_channel(self) -> GrpcChannel:
         # Created lazily so that its connections bind to the running event loop.
         if self._channel is None:
-            self._channel = GrpcChannel(self.url)
+            self._channel = GrpcChannel(self.url, keepalive=self.keepalive)
         return self._channel
 
     async def close(self) -> None:
@@ -310,29 +364,12 @@ class EngineClient:
             stream.close()
 
 
-_STATUS_NAMES = {
-    1: "CANCELLED",
-    2: "UNKNOWN",
-    3: "INVALID_ARGUMENT",
-    4: "DEADLINE_EXCEEDED",
-    5: "NOT_FOUND",
-    6: "ALREADY_EXISTS",
-    7: "PERMISSION_DENIED",
-    8: "RESOURCE_EXHAUSTED",
-    9: "FAILED_PRECONDITION",
-    10: "ABORTED",
-    11: "OUT_OF_RANGE",
-    12: "UNIMPLEMENTED",
-    13: "INTERNAL",
-    14: "UNAVAILABLE",
-    15: "DATA_LOSS",
-    16: "UNAUTHENTICATED",
-}
+# Codes that mean "no engine to talk to" rather than "the engine refused this request"
+# (a replica router tries another replica). An unknown model is NOT_FOUND in current Triton
+# and UNAVAILABLE in older ones; DEADLINE_EXCEEDED is a unary call nobody answered.
+_UNREACHABLE = frozenset({Status.UNAVAILABLE, Status.NOT_FOUND, Status.DEADLINE_EXCEEDED})
 
 
-def _as_engine_exception(exc: GrpcCallError) -> Exception:
-    if exc.code in (wire.UNAVAILABLE, wire.DEADLINE_EXCEEDED):
-        return EngineUnavailable(f"Triton at gRPC is unavailable: {exc.message}")
-    if exc.code == wire.NOT_FOUND or "not found" in exc.message.lower():
-        return EngineUnavailable(f"model not available: {exc.message}")
-    return EngineError(f"{_STATUS_NAMES.get(exc.code, str(exc.code))}: {exc.message}")
+def _as_engine_exception(exc: GrpcCallError) -> EngineError:
+    cls = EngineUnavailable if exc.code in _UNREACHABLE else EngineError
+    return cls(f"{exc.code.name}: {exc.message}", exc.code)

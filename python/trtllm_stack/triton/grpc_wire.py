@@ -10,28 +10,61 @@ Scope, deliberately small: cleartext HTTP/2 (RFC 9113, client side, prior knowle
 gRPC's length-prefixed messages without compression, unary and bidirectional calls,
 flow control both ways, RST_STREAM to cancel, GOAWAY, PING replies. Header blocks are
 HPACK-coded with the ``hpack`` package (once per call, not per message). No TLS, no
-server push, no keepalive pings (Triton is on the same host or LAN; a stalled stream is
-caught by the caller's silence timeout).
+server push.
+
+Liveness: while calls are open, a connection that received nothing for ``keepalive_time``
+sends a PING; if nothing at all arrives within ``keepalive_timeout`` the connection is
+failed (every call on it ends with UNAVAILABLE) and the next call opens a new one. At most
+one PING per ``keepalive_time`` of silence and none on an idle connection: gRPC servers,
+Triton included, send GOAWAY ``too_many_pings`` to clients that ping more often without
+data (grpc doc/keepalive.md; Triton's --grpc-http2-max-ping-strikes). TCP keepalive covers
+idle connections (a peer host that vanished).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
+import socket
 import struct
+from dataclasses import dataclass
 from typing import cast
 from urllib.parse import unquote
 
 from hpack import Decoder, Encoder, HPACKError, NeverIndexedHeaderTuple
 
-# gRPC status codes (grpc/status.h) that callers distinguish.
-OK = 0
-CANCELLED = 1
-UNKNOWN = 2
-DEADLINE_EXCEEDED = 4
-NOT_FOUND = 5
-INTERNAL = 13
-UNAVAILABLE = 14
+
+class Status(enum.IntEnum):
+    """gRPC status codes (grpc/include/grpcpp/support/status_code_enum.h, doc/statuscodes.md):
+    the one status type of the engine connection, used by the client and the proxy."""
+
+    OK = 0
+    CANCELLED = 1
+    UNKNOWN = 2
+    INVALID_ARGUMENT = 3
+    DEADLINE_EXCEEDED = 4
+    NOT_FOUND = 5
+    ALREADY_EXISTS = 6
+    PERMISSION_DENIED = 7
+    RESOURCE_EXHAUSTED = 8
+    FAILED_PRECONDITION = 9
+    ABORTED = 10
+    OUT_OF_RANGE = 11
+    UNIMPLEMENTED = 12
+    INTERNAL = 13
+    UNAVAILABLE = 14
+    DATA_LOSS = 15
+    UNAUTHENTICATED = 16
+
+    @classmethod
+    def of(cls, code: int) -> Status:
+        """A code from the wire; values outside the table count as UNKNOWN (statuscodes.md)."""
+        try:
+            return cls(code)
+        except ValueError:
+            return cls.UNKNOWN
+
 
 _PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 # Frame types and flags (RFC 9113 section 6).
@@ -46,7 +79,8 @@ _PRIORITY_FLAG = 0x20
 _S_HEADER_TABLE_SIZE, _S_ENABLE_PUSH, _S_MAX_CONCURRENT_STREAMS = 1, 2, 3
 _S_INITIAL_WINDOW_SIZE, _S_MAX_FRAME_SIZE = 4, 5
 # Error codes.
-_NO_ERROR, _PROTOCOL_ERROR, _REFUSED_STREAM, _CANCEL = 0x0, 0x1, 0x7, 0x8
+_NO_ERROR, _PROTOCOL_ERROR, _FLOW_CONTROL_ERROR = 0x0, 0x1, 0x3
+_FRAME_SIZE_ERROR, _REFUSED_STREAM, _CANCEL = 0x6, 0x7, 0x8
 
 _MAX_WINDOW = 2**31 - 1
 _DEFAULT_WINDOW = 65535
@@ -62,6 +96,17 @@ _U32 = struct.Struct(">I")
 _SETTING = struct.Struct(">HI")
 
 
+@dataclass(frozen=True, slots=True)
+class Keepalive:
+    """HTTP/2 PING liveness of a connection with calls open (seconds; see the module doc)."""
+
+    time: float = 30.0  # silence before a PING
+    timeout: float = 20.0  # wait for any frame after it (gRPC's default keepalive timeout)
+
+
+DEFAULT_KEEPALIVE = Keepalive()
+
+
 def _frame(ftype: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes:
     n = len(payload)
     return _FRAME_HEAD.pack(n >> 16, n & 0xFFFF, ftype, flags, stream_id) + payload
@@ -72,7 +117,7 @@ class GrpcCallError(Exception):
 
     def __init__(self, code: int, message: str) -> None:
         super().__init__(message)
-        self.code = code
+        self.code = Status.of(code)
         self.message = message
 
 
@@ -93,6 +138,7 @@ class GrpcStream:
         "_partial",
         "_pending",
         "_waiter",
+        "_want",
         "error",
         "id",
         "last_activity",
@@ -111,7 +157,10 @@ class GrpcStream:
         self.send_window = send_window
         self._pending = b""  # request bytes waiting for flow-control credit
         self._end_after_pending = False
-        self._partial = b""  # an incomplete gRPC message
+        # An incomplete gRPC message, and the length it needs before it can be parsed:
+        # frames are appended (linear in the message size), parsed once complete.
+        self._partial = bytearray()
+        self._want = 0
         self.messages: list[bytes] = []
         self._waiter: asyncio.Future[None] | None = None
         self.error: GrpcCallError | None = None
@@ -125,10 +174,22 @@ class GrpcStream:
     # -- receive side (called by the connection) ------------------------------------------
 
     def _feed(self, payload: bytes) -> None:
-        buf = self._partial + payload if self._partial else payload
+        partial = self._partial
+        if partial:
+            partial += payload
+            if len(partial) < self._want:
+                return
+            buf = bytes(partial)
+            partial.clear()
+        else:
+            buf = payload
         pos = 0
         n = len(buf)
-        while n - pos >= 5:
+        messages = self.messages
+        while True:
+            if n - pos < 5:
+                self._want = 5
+                break
             if buf[pos]:
                 raise H2ProtocolError("compressed gRPC message (no compression was negotiated)")
             size = _U32.unpack_from(buf, pos + 1)[0]
@@ -136,11 +197,14 @@ class GrpcStream:
                 raise H2ProtocolError(f"gRPC message of {size} bytes exceeds {MAX_MESSAGE}")
             end = pos + 5 + size
             if end > n:
+                self._want = end - pos
                 break
-            self.messages.append(buf[pos + 5 : end])
+            messages.append(buf[pos + 5 : end])
             pos = end
-        self._partial = buf[pos:] if pos else buf
-        self._wake()
+        if pos < n:
+            partial += memoryview(buf)[pos:]
+        if messages:
+            self._wake()
 
     def _fail(self, error: GrpcCallError) -> None:
         if self.error is None and not self.remote_closed:
@@ -193,7 +257,7 @@ class GrpcStream:
             return
         if not self.remote_closed:
             if self.error is None:
-                self.error = GrpcCallError(CANCELLED, "cancelled by the client")
+                self.error = GrpcCallError(Status.CANCELLED, "cancelled by the client")
             self.remote_closed = True
         self.local_closed = True
         self._pending = b""
@@ -211,9 +275,15 @@ class GrpcStream:
 class H2Connection(asyncio.Protocol):
     """One HTTP/2 connection carrying many gRPC calls."""
 
-    def __init__(self, authority: str, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self,
+        authority: str,
+        loop: asyncio.AbstractEventLoop,
+        keepalive: Keepalive | None = None,
+    ) -> None:
         self.loop = loop
         self.authority = authority
+        self.keepalive = keepalive
         self.transport: asyncio.Transport | None = None
         self.streams: dict[int, GrpcStream] = {}
         self.closed = False
@@ -229,6 +299,12 @@ class H2Connection(asyncio.Protocol):
         self._send_window = _DEFAULT_WINDOW
         self._received = 0
         self._blocked: dict[int, GrpcStream] = {}  # streams with request bytes waiting
+        self._write_paused = False  # the transport's buffer is full (pause_writing)
+        self.last_received = loop.time()  # time of the last socket read
+        self._busy_since = 0.0  # when calls were opened on an idle connection
+        self._ping_timer: asyncio.TimerHandle | None = None
+        self._ping_sent_at: float | None = None
+        self._pings = 0
         self.lost: asyncio.Future[None] = loop.create_future()
 
     # -- asyncio.Protocol ------------------------------------------------------------------
@@ -236,6 +312,7 @@ class H2Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, but have its methods.
         self.transport = cast(asyncio.Transport, transport)
+        self._tcp_keepalive(transport)
         settings = _SETTING.pack(_S_ENABLE_PUSH, 0) + _SETTING.pack(
             _S_INITIAL_WINDOW_SIZE, _MAX_WINDOW
         )
@@ -245,11 +322,33 @@ class H2Connection(asyncio.Protocol):
             + _frame(_WINDOW_UPDATE, 0, 0, _U32.pack(_MAX_WINDOW - _DEFAULT_WINDOW))
         )
 
+    def _tcp_keepalive(self, transport: asyncio.BaseTransport) -> None:
+        # Idle connections get no PINGs; the kernel's keepalive notices a vanished host.
+        sock = transport.get_extra_info("socket")
+        if sock is None:
+            return
+        idle = int(max(1.0, self.keepalive.time)) if self.keepalive else 30
+        with contextlib.suppress(OSError, AttributeError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, idle)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 10)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3)
+
+    def pause_writing(self) -> None:
+        # Request DATA waits (as for flow control) until the transport drains; the few
+        # small control frames (acks, resets, window updates) are still written.
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        self._flush_blocked()
+
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.transport = None
+        self._stop_pings()
         reason = f": {exc}" if exc else ""
-        self._fail_all(GrpcCallError(UNAVAILABLE, f"connection to the server lost{reason}"))
+        self._fail_all(GrpcCallError(Status.UNAVAILABLE, f"connection to the server lost{reason}"))
         if not self.lost.done():
             self.lost.set_result(None)
 
@@ -258,6 +357,7 @@ class H2Connection(asyncio.Protocol):
         n = len(buf)
         pos = 0
         now = self.loop.time()
+        self.last_received = now
         streams = self.streams
         try:
             while n - pos >= 9:
@@ -272,6 +372,12 @@ class H2Connection(asyncio.Protocol):
                 pos = end
                 sid &= _LAST_STREAM_ID
                 if ftype == _DATA:
+                    if self._continuation is not None:
+                        raise H2ProtocolError("DATA frame inside a header block")
+                    if sid == 0:
+                        raise H2ProtocolError("DATA frame on stream 0")
+                    if flags & _PADDED and (size == 0 or buf[start] >= size):
+                        raise H2ProtocolError("DATA frame padding longer than the frame")
                     self._received += end - start
                     stream = streams.get(sid)
                     if stream is None:
@@ -283,7 +389,7 @@ class H2Connection(asyncio.Protocol):
                     if end > start:
                         stream._feed(buf[start:end])
                     if flags & _END_STREAM:
-                        self._remote_end(stream, GrpcCallError(INTERNAL, "no gRPC status"))
+                        self._remote_end(stream, GrpcCallError(Status.INTERNAL, "no gRPC status"))
                     elif stream.received > _REPLENISH:
                         self._write(_frame(_WINDOW_UPDATE, 0, sid, _U32.pack(stream.received)))
                         stream.received = 0
@@ -292,20 +398,32 @@ class H2Connection(asyncio.Protocol):
                 elif self._continuation is not None:
                     raise H2ProtocolError("header block interrupted by another frame")
                 elif ftype == _WINDOW_UPDATE:
+                    if size != 4:
+                        raise H2ProtocolError("WINDOW_UPDATE frame of bad length")
                     self._on_window_update(sid, _U32.unpack_from(buf, start)[0] & _MAX_WINDOW)
                 elif ftype == _SETTINGS:
+                    if sid:
+                        raise H2ProtocolError("SETTINGS frame on a stream")
                     if not flags & _ACK:
                         self._on_settings(buf[start:end])
+                    elif size:
+                        raise H2ProtocolError("SETTINGS acknowledgement with a payload")
                 elif ftype == _PING:
+                    if size != 8 or sid:
+                        raise H2ProtocolError("PING frame of bad length or on a stream")
                     if not flags & _ACK:
                         self._write(_frame(_PING, _ACK, 0, buf[start:end]))
                 elif ftype == _RST_STREAM:
+                    if size != 4 or not sid:
+                        raise H2ProtocolError("RST_STREAM frame of bad length or on stream 0")
                     stream = streams.get(sid)
                     if stream is not None:
                         code = _U32.unpack_from(buf, start)[0]
                         stream.local_closed = True
                         self._remote_end(stream, _reset_error(code))
                 elif ftype == _GOAWAY:
+                    if size < 8 or sid:
+                        raise H2ProtocolError("GOAWAY frame of bad length or on a stream")
                     last_sid, code = struct.unpack_from(">II", buf, start)
                     self._on_goaway(last_sid & _LAST_STREAM_ID, code)
                 elif ftype == _PUSH_PROMISE:
@@ -337,11 +455,16 @@ class H2Connection(asyncio.Protocol):
             if self._continuation is not None:
                 raise H2ProtocolError("header block interrupted by another frame")
             offset, end = 0, len(payload)
+            pad = 0
             if flags & _PADDED:
-                offset, end = 1, end - payload[0]
+                if not payload:
+                    raise H2ProtocolError("HEADERS frame padding longer than the frame")
+                offset, pad = 1, payload[0]
             if flags & _PRIORITY_FLAG:
                 offset += 5
-            block = payload[offset:end]
+            if offset + pad > end:
+                raise H2ProtocolError("HEADERS frame padding longer than the frame")
+            block = payload[offset : end - pad]
             if not flags & _END_HEADERS:
                 self._continuation = (sid, flags, [block])
                 return
@@ -366,8 +489,10 @@ class H2Connection(asyncio.Protocol):
             stream.trailers = fields
             code_text = fields.get("grpc-status")
             if code_text is None or not code_text.isdigit():
-                error: GrpcCallError | None = GrpcCallError(UNKNOWN, "response without grpc-status")
-            elif int(code_text) == OK:
+                error: GrpcCallError | None = GrpcCallError(
+                    Status.UNKNOWN, "response without grpc-status"
+                )
+            elif int(code_text) == Status.OK:
                 error = None
             else:
                 error = GrpcCallError(int(code_text), unquote(fields.get("grpc-message", "")))
@@ -398,28 +523,89 @@ class H2Connection(asyncio.Protocol):
         self._flush_blocked()
 
     def _on_window_update(self, sid: int, increment: int) -> None:
+        if increment == 0:
+            # A stream error by RFC 9113 6.9, which section 5.4.1 lets us treat as a
+            # connection error, as the h2 package does.
+            raise H2ProtocolError("WINDOW_UPDATE with an increment of 0")
         if sid == 0:
             self._send_window += increment
+            if self._send_window > _MAX_WINDOW:
+                raise H2ProtocolError("WINDOW_UPDATE beyond the largest window (2^31-1)")
         else:
             stream = self.streams.get(sid)
             if stream is None:
                 return
             stream.send_window += increment
+            if stream.send_window > _MAX_WINDOW:
+                stream.local_closed = True
+                self._remote_end(
+                    stream,
+                    GrpcCallError(Status.INTERNAL, "the server overflowed the stream's window"),
+                )
+                self._reset(sid, _FLOW_CONTROL_ERROR)
+                return
         self._flush_blocked()
 
     def _on_goaway(self, last_sid: int, code: int) -> None:
         self.draining = True
         refused = GrpcCallError(
-            UNAVAILABLE, f"the server is going away (HTTP/2 GOAWAY, error code {code})"
+            Status.UNAVAILABLE, f"the server is going away (HTTP/2 GOAWAY, error code {code})"
         )
         for stream in [s for s in self.streams.values() if s.id > last_sid]:
             stream.local_closed = True
             self._remote_end(stream, refused)
         self._close_if_idle()
 
+    # -- liveness -------------------------------------------------------------------------
+
+    def _start_pings(self) -> None:
+        if self.keepalive is not None and self._ping_timer is None and not self.closed:
+            self._busy_since = self.loop.time()
+            self._ping_timer = self.loop.call_later(self.keepalive.time, self._check_alive)
+
+    def _stop_pings(self) -> None:
+        if self._ping_timer is not None:
+            self._ping_timer.cancel()
+            self._ping_timer = None
+
+    def _check_alive(self) -> None:
+        keepalive = self.keepalive
+        self._ping_timer = None
+        if keepalive is None or self.closed:
+            return
+        now = self.loop.time()
+        if self._ping_sent_at is not None:
+            if self.last_received <= self._ping_sent_at:
+                self._fail_unresponsive(
+                    f"no answer from the server to an HTTP/2 PING within {keepalive.timeout:g} s"
+                )
+                return
+            self._ping_sent_at = None  # anything received proves the peer is alive
+        if not self.streams:
+            return  # idle: no PINGs without calls (servers count them as abuse)
+        idle = now - max(self.last_received, self._busy_since)
+        if idle < keepalive.time:
+            self._ping_timer = self.loop.call_later(keepalive.time - idle, self._check_alive)
+            return
+        self._pings += 1
+        self._write(_frame(_PING, 0, 0, self._pings.to_bytes(8, "big")))
+        self._ping_sent_at = now
+        self._ping_timer = self.loop.call_later(keepalive.timeout, self._check_alive)
+
+    def _fail_unresponsive(self, reason: str) -> None:
+        # The peer reads nothing (frozen, or the path is gone): abort() rather than close(),
+        # which would wait to flush what the peer will never read.
+        self.closed = self.draining = True
+        self._fail_all(GrpcCallError(Status.UNAVAILABLE, reason))
+        transport, self.transport = self.transport, None
+        if transport is not None:
+            transport.abort()
+        if not self.lost.done():
+            self.lost.set_result(None)
+
     def _remote_end(self, stream: GrpcStream, error: GrpcCallError | None) -> None:
         if stream._partial and error is None:
-            error = GrpcCallError(INTERNAL, "the stream ended inside a gRPC message")
+            error = GrpcCallError(Status.INTERNAL, "the stream ended inside a gRPC message")
         if error is not None:
             stream._fail(error)
         else:
@@ -481,16 +667,18 @@ class H2Connection(asyncio.Protocol):
         """Open a stream, send the headers and one request message (with END_STREAM for a
         unary call, or left open for a bidirectional one)."""
         if not self.can_start():
-            raise GrpcCallError(UNAVAILABLE, "connection is not usable for new calls")
+            raise GrpcCallError(Status.UNAVAILABLE, "connection is not usable for new calls")
         block = self._header_block(path)
         if len(block) > self._peer_max_frame:
-            raise GrpcCallError(INTERNAL, "request headers larger than one frame")
+            raise GrpcCallError(Status.INTERNAL, "request headers larger than one frame")
         sid = self._next_id
         self._next_id += 2
         if self._next_id > _LAST_STREAM_ID:
             self.draining = True
         stream = GrpcStream(self, sid, self._peer_initial_window)
         stream.last_activity = self.loop.time()
+        if not self.streams:
+            self._start_pings()
         self.streams[sid] = stream
         out = [_frame(_HEADERS, _END_HEADERS, sid, block)]
         stream._pending = _U32.pack(len(message)).rjust(5, b"\0") + message
@@ -503,7 +691,7 @@ class H2Connection(asyncio.Protocol):
         data = stream._pending
         while data:
             room = min(self._send_window, stream.send_window, self._peer_max_frame)
-            if room <= 0:
+            if room <= 0 or self._write_paused:
                 self._blocked[stream.id] = stream
                 break
             chunk, data = data[:room], data[room:]
@@ -519,7 +707,7 @@ class H2Connection(asyncio.Protocol):
                 self._maybe_forget(stream)
 
     def _flush_blocked(self) -> None:
-        if not self._blocked:
+        if not self._blocked or self._write_paused:
             return
         out: list[bytes] = []
         for stream in list(self._blocked.values()):
@@ -540,13 +728,14 @@ class H2Connection(asyncio.Protocol):
     def _abort(self, reason: str) -> None:
         self.draining = True
         self._write(_frame(_GOAWAY, 0, 0, struct.pack(">II", 0, _PROTOCOL_ERROR)))
-        self._fail_all(GrpcCallError(UNAVAILABLE, reason))
+        self._fail_all(GrpcCallError(Status.UNAVAILABLE, reason))
         if self.transport is not None:
             self.transport.close()
 
     def close(self) -> None:
         self.draining = True
-        self._fail_all(GrpcCallError(UNAVAILABLE, "the client closed the connection"))
+        self._stop_pings()
+        self._fail_all(GrpcCallError(Status.UNAVAILABLE, "the client closed the connection"))
         if self.transport is not None:
             self._write(_frame(_GOAWAY, 0, 0, struct.pack(">II", 0, _NO_ERROR)))
             self.transport.close()
@@ -558,17 +747,27 @@ def _text(value: str | bytes) -> str:
 
 def _reset_error(code: int) -> GrpcCallError:
     if code == _REFUSED_STREAM:
-        return GrpcCallError(UNAVAILABLE, "the server refused the stream")
+        return GrpcCallError(Status.UNAVAILABLE, "the server refused the stream")
     if code == _CANCEL:
-        return GrpcCallError(CANCELLED, "the server cancelled the stream")
-    return GrpcCallError(INTERNAL, f"the server reset the stream (HTTP/2 error code {code})")
+        return GrpcCallError(Status.CANCELLED, "the server cancelled the stream")
+    return GrpcCallError(Status.INTERNAL, f"the server reset the stream (HTTP/2 error code {code})")
 
 
-def _http_status_to_grpc(status: str) -> int:
+_HTTP_TO_GRPC = {
+    "400": Status.INTERNAL,
+    "401": Status.UNAUTHENTICATED,
+    "403": Status.PERMISSION_DENIED,
+    "404": Status.UNIMPLEMENTED,
+    "429": Status.UNAVAILABLE,
+    "502": Status.UNAVAILABLE,
+    "503": Status.UNAVAILABLE,
+    "504": Status.UNAVAILABLE,
+}
+
+
+def _http_status_to_grpc(status: str) -> Status:
     # gRPC's HTTP-to-status mapping (doc/http-grpc-status-mapping.md).
-    return {"400": INTERNAL, "401": 16, "403": 7, "404": 12, "429": UNAVAILABLE}.get(
-        status, UNAVAILABLE if status in ("502", "503", "504") else UNKNOWN
-    )
+    return _HTTP_TO_GRPC.get(status, Status.UNKNOWN)
 
 
 class GrpcChannel:
@@ -579,10 +778,17 @@ class GrpcChannel:
     state to wait out.
     """
 
-    def __init__(self, target: str, *, connect_timeout: float = 5.0) -> None:
+    def __init__(
+        self,
+        target: str,
+        *,
+        connect_timeout: float = 5.0,
+        keepalive: Keepalive | None = DEFAULT_KEEPALIVE,
+    ) -> None:
         self.host, self.port = split_target(target)
         self.authority = target
         self.connect_timeout = connect_timeout
+        self.keepalive = keepalive
         self._conns: list[H2Connection] = []
         self._connecting: asyncio.Task[H2Connection] | None = None
         self._closed = False
@@ -593,7 +799,7 @@ class GrpcChannel:
                 return conn
         self._conns = [c for c in self._conns if not c.closed]
         if self._closed:
-            raise GrpcCallError(UNAVAILABLE, "the channel is closed")
+            raise GrpcCallError(Status.UNAVAILABLE, "the channel is closed")
         # One connect at a time: a burst of first calls shares it.
         if self._connecting is None:
             self._connecting = asyncio.get_running_loop().create_task(self._connect())
@@ -606,7 +812,9 @@ class GrpcChannel:
         if not conn.can_start():
             # Full already (a burst larger than the server's stream limit) or lost at once.
             if conn.closed:
-                raise GrpcCallError(UNAVAILABLE, "the connection closed right after it opened")
+                raise GrpcCallError(
+                    Status.UNAVAILABLE, "the connection closed right after it opened"
+                )
             return await self._connection()
         return conn
 
@@ -615,13 +823,16 @@ class GrpcChannel:
         try:
             _, conn = await asyncio.wait_for(
                 loop.create_connection(
-                    lambda: H2Connection(self.authority, loop), self.host, self.port
+                    lambda: H2Connection(self.authority, loop, self.keepalive),
+                    self.host,
+                    self.port,
                 ),
                 self.connect_timeout,
             )
         except (OSError, TimeoutError) as exc:
             raise GrpcCallError(
-                UNAVAILABLE, f"cannot connect to {self.host}:{self.port}: {str(exc) or 'timeout'}"
+                Status.UNAVAILABLE,
+                f"cannot connect to {self.host}:{self.port}: {str(exc) or 'timeout'}",
             ) from None
         self._conns.append(conn)
         return conn
@@ -641,11 +852,13 @@ class GrpcChannel:
                 while (batch := await stream.read_batch()) is not None:
                     got.extend(batch)
         except TimeoutError:
-            raise GrpcCallError(DEADLINE_EXCEEDED, f"no answer within {timeout:g} s") from None
+            raise GrpcCallError(
+                Status.DEADLINE_EXCEEDED, f"no answer within {timeout:g} s"
+            ) from None
         finally:
             stream.cancel()
         if len(got) != 1:
-            raise GrpcCallError(INTERNAL, f"expected one response message, got {len(got)}")
+            raise GrpcCallError(Status.INTERNAL, f"expected one response message, got {len(got)}")
         return got[0]
 
     async def close(self) -> None:

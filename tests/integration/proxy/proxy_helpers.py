@@ -16,6 +16,7 @@ import pytest
 import uvicorn
 
 from trtllm_stack.proxy.app import create_app
+from trtllm_stack.proxy.http_guard import guarded_http_protocol
 from trtllm_stack.proxy.settings import ProxySettings
 from trtllm_stack.triton.server import free_port
 
@@ -81,7 +82,14 @@ def start_proxy(tokenizer_dir: Path, **settings: Any) -> RunningProxy:
     config = ProxySettings(host="127.0.0.1", port=port, tokenizer_dir=tokenizer_dir, **settings)
     app = create_app(config)
     server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+        uvicorn.Config(
+            app,
+            host="127.0.0.1",
+            port=port,
+            log_level="warning",
+            lifespan="on",
+            http=guarded_http_protocol(config),
+        )
     )
     thread = threading.Thread(target=server.run, name=f"proxy-{port}", daemon=True)
     thread.start()

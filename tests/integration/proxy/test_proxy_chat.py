@@ -144,13 +144,17 @@ def test_reasoning_split_non_stream_and_stream(client):
     out = client.chat.completions.create(model="qwen3", messages=messages)
     msg = out.choices[0].message
     assert msg.content == "The answer is 4."
+    # Both names by default: reasoning_content (DeepSeek, OpenWebUI, litellm) and reasoning
+    # (vLLM today).
     assert msg.model_extra["reasoning_content"] == "Let me think."
+    assert msg.model_extra["reasoning"] == "Let me think."
 
     chunks = list(client.chat.completions.create(model="qwen3", messages=messages, stream=True))
     deltas = [c.choices[0].delta for c in chunks if c.choices]
-    reasoning = "".join((d.model_extra or {}).get("reasoning_content") or "" for d in deltas)
     content = "".join(d.content or "" for d in deltas)
-    assert (reasoning, content) == ("Let me think.", "The answer is 4.")
+    for key in ("reasoning_content", "reasoning"):
+        reasoning = "".join((d.model_extra or {}).get(key) or "" for d in deltas)
+        assert (reasoning, content) == ("Let me think.", "The answer is 4.")
 
 
 def test_thinking_disabled_keeps_text_as_content(client):

@@ -251,3 +251,52 @@ def test_parallel_tool_calls_false_keeps_the_first_call(client):
         model="qwen3", messages=reply("just text"), tools=[WEATHER], tool_choice="auto"
     )
     assert free.choices[0].message.content == "just text"
+
+
+def test_min_tokens_and_ignore_eos_reach_the_engine(client):
+    base = {"model": "qwen3", "messages": reply("short")}
+    short = client.chat.completions.create(**base, max_tokens=40)
+    assert short.choices[0].message.content == "short"
+    assert short.usage.completion_tokens == 1
+    # min_tokens: EOS held back until 12 tokens; the engine goes on with its default text.
+    held = client.chat.completions.create(**base, max_tokens=40, extra_body={"min_tokens": 12})
+    assert held.usage.completion_tokens == 12 and held.choices[0].finish_reason == "stop"
+    assert held.choices[0].message.content.startswith("short")
+    # ignore_eos (end_id -1): exactly max_tokens, finish "length", as benchmarks want.
+    for stream in (False, True):
+        r = client.chat.completions.create(
+            **base, max_tokens=25, extra_body={"ignore_eos": True}, stream=stream,
+            **({"stream_options": {"include_usage": True}} if stream else {}),
+        )  # fmt: skip
+        if stream:
+            chunks = list(r)
+            assert chunks[-1].usage.completion_tokens == 25
+            assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
+        else:
+            assert r.usage.completion_tokens == 25 and r.choices[0].finish_reason == "length"
+
+
+def test_continuous_usage_stats_on_every_chunk(client):
+    chunks = list(
+        client.chat.completions.create(
+            model="qwen3",
+            messages=reply("one two three four"),
+            stream=True,
+            stream_options={"include_usage": True, "continuous_usage_stats": True},
+        )
+    )
+    counts = [c.usage.completion_tokens for c in chunks]
+    assert all(c.usage is not None for c in chunks)
+    assert counts == sorted(counts) and counts[-1] == chunks[-1].usage.completion_tokens > 0
+    prompt = {c.usage.prompt_tokens for c in chunks}
+    assert len(prompt) == 1
+    # Without include_usage (vLLM's rule) there is none.
+    plain = list(
+        client.chat.completions.create(
+            model="qwen3",
+            messages=reply("one"),
+            stream=True,
+            stream_options={"continuous_usage_stats": True},
+        )
+    )
+    assert all(c.usage is None for c in plain)

@@ -230,6 +230,7 @@ let
           "pytest"
           "pytest-asyncio"
           "hypothesis"
+          "h2"
           "openai"
           "mypy"
         ] (n: stub "python-${n}" "host-provided ${n}");

@@ -86,7 +86,7 @@ def make_client(tokenizer, engine):
     def make(**settings) -> httpx.AsyncClient:
         app = create_app(ProxySettings(**settings), engine=engine, tokenizer=tokenizer)
         client = httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://proxy.test"
+            transport=httpx.ASGITransport(app=app), base_url="http://localhost"
         )
         clients.append(client)
         return client

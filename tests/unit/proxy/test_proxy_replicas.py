@@ -9,7 +9,7 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from trtllm_stack.proxy.engine import EngineLimits, EngineUnavailable
-from trtllm_stack.proxy.replicas import PrefixTable, ReplicaCollector, ReplicaPool, RoutingPolicy
+from trtllm_stack.proxy.replicas import PrefixTable, ReplicaMetrics, ReplicaPool, RoutingPolicy
 from trtllm_stack.triton.tensors import EngineChunk, EngineRequest
 
 
@@ -230,12 +230,30 @@ def test_duplicate_addresses_are_refused():
 
 async def test_per_replica_metrics():
     pool, fakes = make_pool(2, block_tokens=0)
+    registry = CollectorRegistry()
+    pool.attach_metrics(ReplicaMetrics(registry))
     fakes[0].dead = True
     await drain(await pool.open(request([1])))
-    registry = CollectorRegistry()
-    registry.register(ReplicaCollector(pool))
+    held = await pool.open(request([2]))
     text = generate_latest(registry).decode()
+    held.close()
     assert 'trtllm_proxy_replica_up{replica="127.0.0.1:9000"} 0.0' in text
     assert 'trtllm_proxy_replica_up{replica="127.0.0.1:9001"} 1.0' in text
-    assert 'trtllm_proxy_replica_requests_total{replica="127.0.0.1:9001"} 1.0' in text
-    assert 'trtllm_proxy_route_decisions_total{decision="least_loaded"}' in text
+    assert 'trtllm_proxy_replica_requests_total{replica="127.0.0.1:9001"} 2.0' in text
+    assert 'trtllm_proxy_replica_requests_in_flight{replica="127.0.0.1:9001"} 1.0' in text
+    assert 'trtllm_proxy_replica_failures_total{replica="127.0.0.1:9000"} 1.0' in text
+    assert 'trtllm_proxy_route_decisions_total{decision="least_loaded"} 3.0' in text
+
+
+def test_shared_in_flight_counts_every_worker():
+    import multiprocessing
+
+    from trtllm_stack.proxy.workers import SharedInFlight
+
+    counts = multiprocessing.get_context("spawn").Array("q", 2)
+    a, b = SharedInFlight(counts, 0, 3), SharedInFlight(counts, 1, 3)
+    assert a.acquire() and b.acquire() and b.acquire()
+    assert not a.acquire() and not b.acquire()
+    a.release()
+    assert b.acquire()
+    assert a.total() == b.total() == 3

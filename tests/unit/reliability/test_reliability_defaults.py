@@ -78,7 +78,7 @@ def test_api_key_compared_in_constant_time(monkeypatch):
 
     async def statuses() -> list[int]:
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
             out = []
             for header in (
                 "Bearer k-123",

@@ -34,8 +34,8 @@ from trtllm_stack.triton.grpc_wire import (
     split_target,
 )
 
-UNIMPLEMENTED = 12
-FAILED_PRECONDITION = 9
+UNIMPLEMENTED = W.Status.UNIMPLEMENTED
+FAILED_PRECONDITION = W.Status.FAILED_PRECONDITION
 STEP = 5.0  # upper bound for any single wait; the file runs in a few seconds
 
 
@@ -301,7 +301,7 @@ async def test_cancel_reaches_the_server_handler(real: RealServer, channel: Grpc
     async with asyncio.timeout(STEP):
         await real.state.handler_cancelled.wait()
     got, err = await drain(stream)
-    assert got == [] and err is not None and err.code == W.CANCELLED
+    assert got == [] and err is not None and err.code == W.Status.CANCELLED
     stream.cancel()  # twice is harmless
     # The connection is still good.
     assert await channel.unary("/t.T/SinkUnary", b"", timeout=STEP) == (
@@ -314,12 +314,12 @@ async def test_fail_reports_the_given_error_and_resets_the_stream(
 ):
     stream = await channel.open_stream("/t.T/Hang", b"")
     assert await stream.read_batch() == [b"started"]
-    stream.fail(GrpcCallError(W.DEADLINE_EXCEEDED, "silent for too long"))
+    stream.fail(GrpcCallError(W.Status.DEADLINE_EXCEEDED, "silent for too long"))
     async with asyncio.timeout(STEP):
         await real.state.handler_cancelled.wait()
     got, err = await drain(stream)
     assert got == [] and err is not None
-    assert (err.code, err.message) == (W.DEADLINE_EXCEEDED, "silent for too long")
+    assert (err.code, err.message) == (W.Status.DEADLINE_EXCEEDED, "silent for too long")
     assert _only_conn(channel).streams == {}
 
 
@@ -356,7 +356,7 @@ async def test_server_stop_mid_stream_then_restart_on_same_port(
     await real.stop(0.1)
     for stream in streams:
         got, err = await drain(stream)
-        assert got == [] and err is not None and err.code == W.UNAVAILABLE, err
+        assert got == [] and err is not None and err.code == W.Status.UNAVAILABLE, err
     async with asyncio.timeout(STEP):
         await first_conn.lost
     assert first_conn.closed and first_conn.streams == {}
@@ -365,7 +365,7 @@ async def test_server_stop_mid_stream_then_restart_on_same_port(
     t0 = time.monotonic()
     with pytest.raises(GrpcCallError) as exc:
         await channel.unary("/t.T/SinkUnary", b"x", timeout=STEP)
-    assert exc.value.code == W.UNAVAILABLE
+    assert exc.value.code == W.Status.UNAVAILABLE
     assert time.monotonic() - t0 < 1.0
 
     # Back on the same port: the same channel reconnects.
@@ -384,7 +384,7 @@ async def test_unary_deadline_exceeded_cancels_the_server_call(
     with pytest.raises(GrpcCallError) as exc:
         await channel.unary("/t.T/SlowUnary", b"x", timeout=0.2)
     elapsed = time.monotonic() - t0
-    assert exc.value.code == W.DEADLINE_EXCEEDED
+    assert exc.value.code == W.Status.DEADLINE_EXCEEDED
     assert "0.2 s" in exc.value.message
     assert 0.2 <= elapsed < 2.0
     assert real.state.started.is_set()
@@ -402,13 +402,13 @@ async def test_channel_close_fails_open_calls_and_refuses_new_ones(
     await channel.close()
     got, err = await drain(stream)
     assert got == [] and err is not None
-    assert (err.code, err.message) == (W.UNAVAILABLE, "the client closed the connection")
+    assert (err.code, err.message) == (W.Status.UNAVAILABLE, "the client closed the connection")
     assert conn.closed
     async with asyncio.timeout(STEP):
         await real.state.handler_cancelled.wait()
     with pytest.raises(GrpcCallError) as exc:
         await channel.open_stream("/t.T/Echo", b"")
-    assert (exc.value.code, exc.value.message) == (W.UNAVAILABLE, "the channel is closed")
+    assert (exc.value.code, exc.value.message) == (W.Status.UNAVAILABLE, "the channel is closed")
 
 
 def _closed_port() -> int:
@@ -429,7 +429,7 @@ async def test_connect_to_closed_port_is_unavailable_quickly():
             with pytest.raises(GrpcCallError) as exc:
                 await call()
             assert time.monotonic() - t0 < 1.0
-            assert exc.value.code == W.UNAVAILABLE
+            assert exc.value.code == W.Status.UNAVAILABLE
             assert f"cannot connect to 127.0.0.1:{port}" in exc.value.message
         assert ch._conns == [] and ch._connecting is None
     finally:
@@ -455,7 +455,7 @@ async def test_connect_timeout_is_unavailable():
                 await ch.unary("/t.T/SinkUnary", b"", timeout=STEP)
             assert time.monotonic() - t0 < 1.5
             assert (exc.value.code, exc.value.message) == (
-                W.UNAVAILABLE,
+                W.Status.UNAVAILABLE,
                 f"cannot connect to 127.0.0.1:{address[1]}: timeout",
             )
         finally:
@@ -758,7 +758,7 @@ async def test_interrupted_header_block_is_a_protocol_error(connect: Any, peer: 
     block = pc.encoder.encode(RESPONSE)
     pc.send(frame(HEADERS, 0, sid, block[:2]), frame(PING, 0, 0, b"\0" * 8))
     got, err = await drain(stream)
-    assert got == [] and err is not None and err.code == W.UNAVAILABLE
+    assert got == [] and err is not None and err.code == W.Status.UNAVAILABLE
     assert "header block interrupted" in err.message
     frames = await pc.eof()
     assert Frame(GOAWAY, 0, 0, struct.pack(">II", 0, 1)) in frames
@@ -880,13 +880,13 @@ async def test_trailers_only_responses(connect: Any, peer: ScriptedPeer):
     )
     got, err = await drain(failing)
     assert got == [] and err is not None
-    assert (err.code, err.message) == (W.NOT_FOUND, "no such model")
+    assert (err.code, err.message) == (W.Status.NOT_FOUND, "no such model")
     assert failing.id in conn.streams  # until our half is closed too
     failing.close_send()
     assert await drain(ok) == ([], None)
     got, err = await drain(no_status)
     assert err is not None and (err.code, err.message) == (
-        W.UNKNOWN,
+        W.Status.UNKNOWN,
         "response without grpc-status",
     )
     assert conn.streams == {}
@@ -902,7 +902,7 @@ async def test_unary_needs_exactly_one_message(peer: ScriptedPeer):
         with pytest.raises(GrpcCallError) as exc:
             await call
         assert (exc.value.code, exc.value.message) == (
-            W.INTERNAL,
+            W.Status.INTERNAL,
             "expected one response message, got 0",
         )
         call = asyncio.ensure_future(ch.unary("/s/m", b"q", timeout=STEP))
@@ -929,7 +929,12 @@ async def test_unary_needs_exactly_one_message(peer: ScriptedPeer):
 
 @pytest.mark.parametrize(
     ("status", "code"),
-    [("503", W.UNAVAILABLE), ("404", UNIMPLEMENTED), ("400", W.INTERNAL), ("500", W.UNKNOWN)],
+    [
+        ("503", W.Status.UNAVAILABLE),
+        ("404", UNIMPLEMENTED),
+        ("400", W.Status.INTERNAL),
+        ("500", W.Status.UNKNOWN),
+    ],
 )
 async def test_non_200_status(connect: Any, peer: ScriptedPeer, status: str, code: int):
     conn, pc = await _ready(connect, peer)
@@ -953,9 +958,9 @@ async def test_non_200_status(connect: Any, peer: ScriptedPeer, status: str, cod
 @pytest.mark.parametrize(
     ("reset_code", "code", "message"),
     [
-        (0x7, W.UNAVAILABLE, "the server refused the stream"),
-        (0x8, W.CANCELLED, "the server cancelled the stream"),
-        (0x2, W.INTERNAL, "the server reset the stream (HTTP/2 error code 2)"),
+        (0x7, W.Status.UNAVAILABLE, "the server refused the stream"),
+        (0x8, W.Status.CANCELLED, "the server cancelled the stream"),
+        (0x2, W.Status.INTERNAL, "the server reset the stream (HTTP/2 error code 2)"),
     ],
 )
 async def test_rst_stream(
@@ -996,7 +1001,7 @@ async def test_goaway_fails_streams_above_last_id_and_lets_lower_ones_finish(
         assert [(await pc.request())[0] for _ in range(2)] == [1, 3]
         pc.send(frame(GOAWAY, 0, 0, struct.pack(">II", 1, 0) + b"debug data"))
         got, err = await drain(high)
-        assert got == [] and err is not None and err.code == W.UNAVAILABLE
+        assert got == [] and err is not None and err.code == W.Status.UNAVAILABLE
         assert "GOAWAY" in err.message
         assert not conn.can_start() and list(conn.streams) == [1]
 
@@ -1058,7 +1063,7 @@ async def test_compressed_message_fails_the_whole_connection(connect: Any, peer:
     for stream, messages in ((a, []), (b, [b"fine"])):
         got, err = await drain(stream)
         assert got == messages and err is not None
-        assert (err.code, err.message) == (W.UNAVAILABLE, expected)
+        assert (err.code, err.message) == (W.Status.UNAVAILABLE, expected)
     frames = await pc.eof()
     assert Frame(GOAWAY, 0, 0, struct.pack(">II", 0, 1)) in frames
     async with asyncio.timeout(STEP):
@@ -1075,7 +1080,7 @@ async def test_message_larger_than_max_message(connect: Any, peer: ScriptedPeer)
     prefix = struct.pack(">BI", 0, W.MAX_MESSAGE + 1)
     pc.send(pc.headers(sid, RESPONSE), frame(DATA, 0, sid, prefix + b"abc"))
     _, err = await drain(stream)
-    assert err is not None and err.code == W.UNAVAILABLE
+    assert err is not None and err.code == W.Status.UNAVAILABLE
     assert err.message.endswith(f"gRPC message of {W.MAX_MESSAGE + 1} bytes exceeds 67108864")
     await pc.eof()
 
@@ -1116,7 +1121,7 @@ async def test_garbage_from_the_server_fails_the_connection(
     stream = conn.start_call("/s/m", b"", end_stream=False)
     pc.send(garbage)  # and the socket stays open: we must not wait for more
     got, err = await drain(stream)
-    assert got == [] and err is not None and err.code == W.UNAVAILABLE
+    assert got == [] and err is not None and err.code == W.Status.UNAVAILABLE
     assert err.message.startswith("HTTP/2 protocol error from the server: ")
     await pc.eof()
     async with asyncio.timeout(STEP):
@@ -1140,7 +1145,7 @@ async def test_peer_closing_the_socket_fails_open_calls(connect: Any, peer: Scri
     for stream, messages in ((a, [b"whole"]), (b, [])):
         got, err = await drain(stream)
         assert got == messages and err is not None
-        assert (err.code, err.message) == (W.UNAVAILABLE, "connection to the server lost")
+        assert (err.code, err.message) == (W.Status.UNAVAILABLE, "connection to the server lost")
     async with asyncio.timeout(STEP):
         await conn.lost
     assert conn.closed and not conn.can_start() and conn.streams == {}
@@ -1161,10 +1166,10 @@ async def test_stream_ends_without_status_or_inside_a_message(connect: Any, peer
     )
     got, err = await drain(a)
     assert got == [b"m"] and err is not None
-    assert (err.code, err.message) == (W.INTERNAL, "no gRPC status")
+    assert (err.code, err.message) == (W.Status.INTERNAL, "no gRPC status")
     got, err = await drain(b)
     assert got == [b"m"] and err is not None
-    assert (err.code, err.message) == (W.INTERNAL, "the stream ended inside a gRPC message")
+    assert (err.code, err.message) == (W.Status.INTERNAL, "the stream ended inside a gRPC message")
     assert conn.streams == {} and not conn.closed
 
 
@@ -1196,10 +1201,10 @@ async def test_fail_on_scripted_stream_sends_cancel(connect: Any, peer: Scripted
     conn, pc = await _ready(connect, peer)
     stream = conn.start_call("/s/m", b"", end_stream=False)
     sid, _ = await pc.request()
-    stream.fail(GrpcCallError(W.DEADLINE_EXCEEDED, "too slow"))
+    stream.fail(GrpcCallError(W.Status.DEADLINE_EXCEEDED, "too slow"))
     assert await pc.expect(RST_STREAM) == Frame(RST_STREAM, 0, sid, struct.pack(">I", 8))
     _, err = await drain(stream)
-    assert err is not None and (err.code, err.message) == (W.DEADLINE_EXCEEDED, "too slow")
+    assert err is not None and (err.code, err.message) == (W.Status.DEADLINE_EXCEEDED, "too slow")
     assert conn.streams == {}
 
 
@@ -1209,7 +1214,7 @@ async def test_oversized_request_headers_are_refused_without_a_leak(
     conn, pc = await _ready(connect, peer)
     with pytest.raises(GrpcCallError) as exc:
         conn.start_call("/s/" + "m" * 20_000, b"", end_stream=True)
-    assert exc.value.code == W.INTERNAL
+    assert exc.value.code == W.Status.INTERNAL
     assert conn.streams == {}
     ok = conn.start_call("/s/m", b"", end_stream=True)
     sid, headers = await pc.request()
