@@ -31,8 +31,30 @@ let
         echo "usage: ngc-run COMMAND [ARGS...]  (runs COMMAND inside ${root.image or "the NGC image"})" >&2
         exit 2
       fi
+      image=${root}
+      # bwrap's new / is an empty tmpfs; it gets one read-only bind per top-level entry of the
+      # image, not the image itself: a read-only image as / leaves bwrap unable to create the mount
+      # points that are not in the image (/nix, the working directory): "bwrap: Can't mkdir
+      # parents for ...: Read-only file system" (seen with bubblewrap 0.8, tests/integration/
+      # nix/test_ngc_run_bwrap.py). buildFHSEnv lays out its root the same way.
+      args=()
+      for entry in "$image"/* "$image"/.[!.]*; do
+        [ -e "$entry" ] || [ -L "$entry" ] || continue
+        name="''${entry##*/}"
+        case "$name" in dev | proc | tmp | run | nix) continue ;; esac
+        if [ -L "$entry" ]; then
+          args+=(--symlink "$(readlink "$entry")" "/$name")
+        else
+          args+=(--ro-bind "$entry" "/$name")
+        fi
+      done
+      args+=(--dev-bind /dev /dev --proc /proc --tmpfs /run --bind /tmp /tmp --ro-bind /nix /nix)
+      if [ -e "$image/etc/resolv.conf" ] && [ -e /etc/resolv.conf ]; then
+        args+=(--ro-bind /etc/resolv.conf /etc/resolv.conf)
+      fi
       # Host driver libraries: NixOS keeps them in /run/opengl-driver/lib; elsewhere ask
-      # ldconfig where libcuda.so.1 lives. TRTLLM_STACK_DRIVER_LIB_DIR overrides both.
+      # ldconfig where libcuda.so.1 lives. TRTLLM_STACK_DRIVER_LIB_DIR overrides both. They go
+      # under /run (a tmpfs here: any path works) and first on LD_LIBRARY_PATH.
       driver_dir="''${TRTLLM_STACK_DRIVER_LIB_DIR:-}"
       if [ -z "$driver_dir" ] && [ -d /run/opengl-driver/lib ]; then
         driver_dir=/run/opengl-driver/lib
@@ -41,25 +63,21 @@ let
         libcuda="$(ldconfig -p 2>/dev/null | awk '/libcuda\.so\.1 .*x86-64/ {print $NF; exit}')"
         if [ -n "$libcuda" ]; then driver_dir="$(dirname "$(readlink -f "$libcuda")")"; fi
       fi
-      binds=()
       if [ -n "$driver_dir" ]; then
-        # The image's LD_LIBRARY_PATH already lists /usr/local/nvidia/lib64.
-        binds+=(--ro-bind "$driver_dir" /usr/local/nvidia/lib64)
+        args+=(--ro-bind "$driver_dir" /run/ngc-host-driver/lib)
+        export LD_LIBRARY_PATH="/run/ngc-host-driver/lib''${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
       else
         echo "ngc-run: no NVIDIA driver libraries found (set TRTLLM_STACK_DRIVER_LIB_DIR)" >&2
       fi
-      binds+=(--ro-bind /nix /nix --bind /tmp /tmp)
-      if [ -n "''${HOME:-}" ] && [ -d "$HOME" ]; then binds+=(--bind "$HOME" "$HOME"); fi
+      if [ -n "''${HOME:-}" ] && [ -d "$HOME" ]; then args+=(--bind "$HOME" "$HOME"); fi
       if [ -n "''${XDG_RUNTIME_DIR:-}" ] && [ -d "$XDG_RUNTIME_DIR" ]; then
-        binds+=(--bind "$XDG_RUNTIME_DIR" "$XDG_RUNTIME_DIR")
+        args+=(--bind "$XDG_RUNTIME_DIR" "$XDG_RUNTIME_DIR")
       fi
       cwd="$(pwd)"
-      binds+=(--bind "$cwd" "$cwd" --chdir "$cwd")
+      args+=(--bind "$cwd" "$cwd" --chdir "$cwd")
       export PYTHONPATH="${trtllm-stack}/${python3.sitePackages}''${PYTHONPATH:+:$PYTHONPATH}"
       export PATH="/opt/tritonserver/bin:/opt/hpcx/ompi/bin:/usr/local/bin:/usr/bin:/bin"
-      exec bwrap --ro-bind ${root} / --dev-bind /dev /dev --proc /proc --tmpfs /run \
-        --ro-bind /etc/resolv.conf /etc/resolv.conf --share-net --die-with-parent \
-        "''${binds[@]}" -- "$@"
+      exec bwrap "''${args[@]}" --share-net --die-with-parent -- "$@"
     '';
   };
   inImage =

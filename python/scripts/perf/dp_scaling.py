@@ -101,7 +101,14 @@ def start_proxy(grpc_urls: str, workdir: Path, name: str, *extra: str) -> Proxy:
 async def chat(
     session: aiohttp.ClientSession, url: str, messages: list[dict[str, str]], max_tokens: int
 ) -> tuple[Result, str]:
-    body = {"model": "qwen3", "stream": True, "max_tokens": max_tokens, "messages": messages}
+    body = {
+        "model": "qwen3",
+        "stream": True,
+        "max_tokens": max_tokens,
+        "messages": messages,
+        # Tokens counted by the server: one SSE event may carry several tokens.
+        "stream_options": {"include_usage": True},
+    }
     res = Result(ok=False, status=0, start=time.monotonic())
     text: list[str] = []
     try:
@@ -127,12 +134,13 @@ async def chat(
                         res.error = obj["error"].get("code") or "error"
                         continue
                     res.request_id = obj.get("id", res.request_id)
+                    if obj.get("usage"):
+                        res.tokens = obj["usage"]["completion_tokens"]
                     for choice in obj.get("choices", ()):
                         piece = (choice.get("delta") or {}).get("content")
                         if piece:
                             if res.ttft is None:
                                 res.ttft = time.monotonic() - res.start
-                            res.tokens += 1
                             text.append(piece)
     except (TimeoutError, aiohttp.ClientError) as exc:
         res.error = type(exc).__name__
@@ -262,7 +270,7 @@ async def failover(url: str, servers: ReplicaSet, concurrency: int, seconds: flo
             if line.startswith("trtllm_proxy_replica_requests_in_flight") and victim_url in line:
                 in_flight_on_victim = int(float(line.split()[-1]))
         killed_at = time.monotonic()
-        victim.kill()
+        await asyncio.to_thread(victim.kill)
         while time.monotonic() - killed_at < 10:
             async with s.get(url + "/health/ready") as r:
                 body = await r.json()
@@ -301,8 +309,9 @@ async def failover(url: str, servers: ReplicaSet, concurrency: int, seconds: flo
 
 def build_repo(base: Path, token_ms: float, slots: int, i: int) -> tuple[Path, Path]:
     log = base / f"events-{i}.jsonl"
-    options = ScriptedEngineOptions(token_delay_ms=token_ms, event_log=log)
-    options.batch_slots = slots  # type: ignore[attr-defined]
+    # batch_slots: the scripted engine's queueing (requests beyond it wait for a slot).
+    knobs: dict[str, Any] = {"token_delay_ms": token_ms, "event_log": log, "batch_slots": slots}
+    options = ScriptedEngineOptions(**knobs)
     repo = write_model_repository(
         base / f"repo-{i}",
         engine="scripted",

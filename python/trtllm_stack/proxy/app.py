@@ -33,6 +33,7 @@ from trtllm_stack.proxy.errors import (
     json_response,
 )
 from trtllm_stack.proxy.metrics import ProxyMetrics
+from trtllm_stack.proxy.openapi_doc import body_schema, install_openapi
 from trtllm_stack.proxy.protocol import ChatCompletionRequest, CompletionRequest
 from trtllm_stack.proxy.replicas import ReplicaMetrics, ReplicaPool, RoutingPolicy
 from trtllm_stack.proxy.serving_base import ServingContext
@@ -129,16 +130,6 @@ async def parse_body(request: Request, model: type[M]) -> M:
         raise RequestValidationError(errors) from None
 
 
-def _body_schema(model: type[BaseModel]) -> dict[str, Any]:
-    # Keeps the request body in /openapi.json although the route reads it itself.
-    return {
-        "requestBody": {
-            "required": True,
-            "content": {"application/json": {"schema": model.model_json_schema()}},
-        }
-    }
-
-
 def _too_large(size: int, limit: int) -> PayloadTooLarge:
     return PayloadTooLarge(f"request body of {size}+ bytes exceeds the limit of {limit} bytes")
 
@@ -166,7 +157,7 @@ def _open_engine(settings: ProxySettings) -> Engine:
 
 async def _pool_ready(pool: ReplicaPool) -> Response:
     """200 while at least one replica is ready; the body lists every replica."""
-    replicas = await pool.check_all()
+    replicas = await pool.status()
     n_ready = sum(r["ready"] for r in replicas)
     if n_ready:
         return json_response(
@@ -272,16 +263,21 @@ def create_app(
             raise ModelNotFound(f"model '{model_id}' does not exist", param="model")
         return json_response(200, model_card)
 
-    @app.post("/v1/chat/completions", openapi_extra=_body_schema(ChatCompletionRequest))
+    @app.post("/v1/chat/completions", openapi_extra=body_schema(ChatCompletionRequest))
     async def chat_completions(request: Request) -> Response:
         body = await parse_body(request, ChatCompletionRequest)
         request_limits.check_chat(body, settings)
         return await chat.handle(request, body)
 
-    @app.post("/v1/completions", openapi_extra=_body_schema(CompletionRequest))
+    @app.post("/v1/completions", openapi_extra=body_schema(CompletionRequest))
     async def text_completions(request: Request) -> Response:
         body = await parse_body(request, CompletionRequest)
         request_limits.check_completion(body, settings)
         return await completions.handle(request, body)
 
+    install_openapi(
+        app,
+        [ChatCompletionRequest, CompletionRequest],
+        streaming={"/v1/chat/completions", "/v1/completions"},
+    )
     return app

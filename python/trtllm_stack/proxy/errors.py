@@ -17,6 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
+from trtllm_stack.triton.backend_errors import parse_engine_limit_error
 from trtllm_stack.triton.client import EngineError
 from trtllm_stack.triton.grpc_wire import Status
 
@@ -104,6 +105,15 @@ def engine_failure(exc: BaseException, doing: str = "the request") -> ProxyError
             return BackendUnavailable(f"the inference backend is unavailable: {exc}")
         if status == Status.DEADLINE_EXCEEDED:
             return BackendTimeout(str(exc))
+        limit = parse_engine_limit_error(str(exc))
+        if limit is not None:
+            # The executor's own prompt check, in TensorRT-LLM's words (triton/backend_errors.py):
+            # the client's request is too long (a limit the proxy did not know), not a 5xx.
+            return InvalidRequest(
+                f"the prompt has {limit.prompt_len} tokens; this engine accepts at most"
+                f" {limit.max_input_len} input tokens",
+                code="context_length_exceeded",
+            )
         return BackendFailed(f"the inference backend failed {doing}: {exc}")
     log.error("unexpected backend failure: %r", exc, exc_info=exc)
     return BackendFailed(f"the inference backend failed {doing}")

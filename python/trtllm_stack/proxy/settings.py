@@ -175,7 +175,7 @@ class ProxySettings(BaseSettings):
         default=1.25,
         ge=1.0,
         description="a request follows its prefix's replica while that replica has at most"
-        " max(least + slack, ratio * least) requests in flight",
+        " max(mean + slack, ratio * mean) requests in flight",
     )
     affinity_balance_slack: int = Field(
         default=2, ge=0, description="absolute part of that bound (see affinity_balance_ratio)"

@@ -24,7 +24,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--max-batch-size", type=int, default=64, help="Triton max batch size")
     p.add_argument("--kv-cache-free-gpu-mem-fraction", type=float, default=0.9, help="default 0.9")
-    p.add_argument("--enable-kv-cache-reuse", action="store_true")
+    reuse = p.add_mutually_exclusive_group()
+    reuse.add_argument(
+        "--no-kv-cache-reuse",
+        dest="kv_cache_reuse",
+        action="store_false",
+        default=None,
+        help="turn prefix (KV-cache block) reuse off; it is on by default (memory: docs/engine.md)",
+    )
+    reuse.add_argument(
+        "--enable-kv-cache-reuse",
+        dest="kv_cache_reuse",
+        action="store_true",
+        help="on even if the variant turns it off",
+    )
+    p.add_argument(
+        "--batch-slots",
+        type=int,
+        help="scripted engine only: requests generating at once, the rest queue"
+        " (default: the repository's max batch size)",
+    )
     p.add_argument("--token-delay-ms", type=float, default=0.0, help="scripted engine only")
     p.add_argument("--default-reply-tokens", type=int, default=200, help="scripted engine only")
     p.add_argument("--event-log", type=Path, help="scripted engine only: JSONL of requests")
@@ -47,6 +66,8 @@ def _model_repo(args: argparse.Namespace) -> int:
         raise UserError("--kv-cache-free-gpu-mem-fraction must be in (0, 1]")
     if args.max_batch_size <= 0 or args.default_reply_tokens < 0 or args.token_delay_ms < 0:
         raise UserError("--max-batch-size must be > 0; delays and reply lengths >= 0")
+    if args.batch_slots is not None and args.batch_slots <= 0:
+        raise UserError(f"--batch-slots must be > 0, got {args.batch_slots}")
     if args.tokenizer_dir:
         tokenizer_dir = args.tokenizer_dir
     elif args.engine == "scripted":
@@ -55,15 +76,16 @@ def _model_repo(args: argparse.Namespace) -> int:
         tokenizer_dir = Path(args.engine)
     options = RepoOptions(
         triton_max_batch_size=args.max_batch_size,
+        kv_cache_reuse=args.kv_cache_reuse,
         overrides={
             "kv_cache_free_gpu_mem_fraction": str(args.kv_cache_free_gpu_mem_fraction),
-            "enable_kv_cache_reuse": "true" if args.enable_kv_cache_reuse else "false",
         },
     )
     scripted = ScriptedEngineOptions(
         token_delay_ms=args.token_delay_ms,
         default_reply_tokens=args.default_reply_tokens,
         event_log=args.event_log.resolve() if args.event_log else None,
+        batch_slots=args.batch_slots,
     )
     out = write_model_repository(
         args.out,

@@ -34,7 +34,12 @@ ENGINE_DEFAULTS: dict[str, str] = {
     "decoupled_mode": "true",
     "kv_cache_free_gpu_mem_fraction": "0.9",
     "exclude_input_in_output": "true",
-    "enable_kv_cache_reuse": "false",
+    # Prefix reuse on (vLLM, SGLang and trtllm-serve reuse cached prefixes by default; the
+    # backend itself defaults to true when the parameter is absent: tensorrtllm_backend c2e65b8
+    # inflight_batcher_llm/src/model_instance_state.cc:167-176). Needs paged KV + paged
+    # context FMHA in the engine (checked in render_repository); memory: docs/engine.md.
+    "enable_kv_cache_reuse": "true",
+    # "requires building the model with use_paged_context_fmha" (same file, 521-533).
     "enable_chunked_context": "true",
     "logits_datatype": "TYPE_FP32",
     "encoder_input_features_data_type": "TYPE_FP16",
@@ -58,6 +63,9 @@ class ScriptedEngineOptions:
     token_delay_ms: float = 0.0
     default_reply_tokens: int = 200
     event_log: Path | None = None
+    # Requests generating at once (the rest queue); default: the repository's batch size,
+    # which for a variant is its max_batch_size, as the real executor's capacity.
+    batch_slots: int | None = None
 
 
 @dataclass
@@ -65,6 +73,8 @@ class RepoOptions:
     triton_max_batch_size: int = 64
     max_input_len: int | None = None
     max_seq_len: int | None = None
+    # None: the variant's kv_cache_reuse (default on); False: `model-repo --no-kv-cache-reuse`.
+    kv_cache_reuse: bool | None = None
     overrides: dict[str, str] = field(default_factory=dict)
 
 
@@ -101,14 +111,54 @@ def read_engine_config(engine_dir: Path) -> dict[str, Any]:
     return data
 
 
-def _engine_limits(engine_dir: Path) -> tuple[int | None, int | None, int | None]:
+@dataclass(frozen=True)
+class EngineLimits:
+    max_input_len: int | None
+    max_seq_len: int | None
+    max_batch_size: int | None
+    # None where config.json does not say (hand-written configs in old tests).
+    paged_context_fmha: bool | None
+
+
+def _engine_limits(engine_dir: Path, chunked_context: bool) -> EngineLimits:
+    """The limits the C++ runtime will apply to this engine.
+
+    max input length as cpp/tensorrt_llm/batch_manager/trtGptModelInflightBatching.cpp sets
+    it: with chunked context ``maxSequenceLen - 1``; else with context FMHA and packed input
+    (remove_input_padding) ``min(maxSequenceLen - 1, maxNumTokens)``; else build_config's
+    max_input_len. That is what the executor checks (LlmRequest::validate), so it is what the
+    preprocessing model and the proxy check too.
+    """
     build = read_engine_config(engine_dir).get("build_config", {})
+    plugin = build.get("plugin_config")
+    plugin = plugin if isinstance(plugin, dict) else {}
 
     def get(key: str) -> int | None:
         value = build.get(key)
         return int(value) if isinstance(value, int) and not isinstance(value, bool) else None
 
-    return get("max_input_len"), get("max_seq_len"), get("max_batch_size")
+    def flag(key: str) -> bool | None:
+        value = plugin.get(key)
+        return value if isinstance(value, bool) else None
+
+    max_seq, max_tokens, built_input = (
+        get("max_seq_len"),
+        get("max_num_tokens"),
+        get("max_input_len"),
+    )
+    runtime_input = built_input
+    if max_seq is not None:
+        packed_fmha = (
+            flag("context_fmha") is not False and flag("remove_input_padding") is not False
+        )
+        if chunked_context:
+            runtime_input = max_seq - 1
+        elif packed_fmha and max_tokens is not None:
+            runtime_input = min(max_seq - 1, max_tokens)
+    paged = flag("use_paged_context_fmha")
+    if paged is not None and flag("paged_kv_cache") is False:
+        paged = False
+    return EngineLimits(runtime_input, max_seq, get("max_batch_size"), paged)
 
 
 def _templates() -> Any:
@@ -143,14 +193,27 @@ def render_repository(
     batch = options.triton_max_batch_size
     if variant is not None:
         max_seq = max_seq or variant.max_seq_len
-        max_input = max_input or variant.max_seq_len - 1
+        max_input = max_input or variant.max_input_len
         batch = variant.max_batch_size
+    reuse = options.kv_cache_reuse
+    if reuse is None:
+        reuse = variant.kv_cache_reuse if variant is not None else True
+    chunked = (
+        options.overrides.get("enable_chunked_context", ENGINE_DEFAULTS["enable_chunked_context"])
+        == "true"
+    )
     if not is_scripted:
         engine_dir = Path(engine)
-        e_input, e_seq, e_batch = _engine_limits(engine_dir)
-        max_input = options.max_input_len or e_input or max_input
-        max_seq = options.max_seq_len or e_seq or max_seq
-        batch = e_batch or batch
+        limits = _engine_limits(engine_dir, chunked)
+        max_input = options.max_input_len or limits.max_input_len or max_input
+        max_seq = options.max_seq_len or limits.max_seq_len or max_seq
+        batch = limits.max_batch_size or batch
+        if reuse and limits.paged_context_fmha is False:
+            raise UserError(
+                f"{engine_dir}: KV-cache reuse needs an engine built with paged KV cache and"
+                " --use_paged_context_fmha enable (this one has it off): rebuild with"
+                " build-engine, or pass --no-kv-cache-reuse"
+            )
     max_seq = max_seq or 16384
     max_input = max_input or max_seq - 1
 
@@ -160,6 +223,7 @@ def render_repository(
         tokenizer_dir=_pbtxt_string(str(tokenizer_dir)),
         max_input_len=str(max_input),
         max_seq_len=str(max_seq),
+        enable_kv_cache_reuse="true" if reuse else "false",
     )
     values.update(options.overrides)
     files: dict[str, str] = {}
@@ -178,6 +242,7 @@ def render_repository(
                 _parameter("scripted_token_delay_ms", str(s.token_delay_ms)),
                 _parameter("scripted_default_reply_tokens", str(s.default_reply_tokens)),
                 _parameter("scripted_event_log", str(s.event_log or "")),
+                _parameter("scripted_batch_slots", str(s.batch_slots or batch)),
             ]
         )
         files["tensorrt_llm/1/model.py"] = (

@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from trtllm_stack.triton.launch_plan import port_in_use
 from trtllm_stack.triton.launcher import descendants
 from trtllm_stack.triton.server import free_port
 
@@ -41,8 +42,9 @@ def _cmdline(pid: int) -> str:
 
 
 def test_two_replicas_pinned_and_served_through_one_proxy(tmp_path, proxy_factory):
+    # Six ports: base+0..2 for replica 0, base+10..12 for replica 1; all must be free.
     base = free_port()
-    while any(free_port() == base + d for d in (1, 2, 10, 11, 12)):
+    while any(port_in_use("127.0.0.1", base + d) for d in (0, 1, 2, 10, 11, 12)):
         base = free_port()
     runtime = tmp_path / "rt"
     argv = [

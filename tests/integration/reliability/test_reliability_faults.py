@@ -152,8 +152,10 @@ def test_triton_killed_mid_stream_ends_every_stream_then_recovers(proxy_factory,
 def test_hundred_clients_disconnect_mid_stream(proxy_factory, triton_factory):
     # A server of its own: a mass disconnect must not be able to take down the session's
     # shared server (Triton 2.51's gRPC layer once aborted here under heavy CI load).
-    # Each request asks for 50 ms per token of its 200 tokens.
-    triton = triton_factory()
+    # Each request asks for 50 ms per token of its 200 tokens: without a delay a request can
+    # finish its 200 tokens before its client's cancel arrives (the engine has 64 batch slots;
+    # the other 36 requests queue, as inflight batching does).
+    triton = triton_factory(token_delay_ms=50)
     proxy = proxy_factory(triton_url=triton.endpoints.grpc_url)
     warm = httpx.post(
         proxy.v1 + "/chat/completions", json=chat_body("[reply]w[/reply]"), timeout=30

@@ -322,4 +322,6 @@ async def test_body_errors_name_the_problem(client, raw, param, fragment):
 async def test_body_schema_stays_in_openapi(client):
     spec = (await client.get("/openapi.json")).json()
     body = spec["paths"]["/v1/chat/completions"]["post"]["requestBody"]
-    assert "messages" in body["content"]["application/json"]["schema"]["properties"]
+    ref = body["content"]["application/json"]["schema"]["$ref"]
+    name = ref.removeprefix("#/components/schemas/")
+    assert "messages" in spec["components"]["schemas"][name]["properties"]

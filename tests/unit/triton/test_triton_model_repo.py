@@ -73,8 +73,9 @@ def test_every_config_parses_as_triton_model_config(engine, engine_dir, qwen3_to
     assert params["kv_cache_free_gpu_mem_fraction"] == "0.9"
     assert params["exclude_input_in_output"] == "true"
     if engine == "real":
-        # Limits come from the engine's own config.json, over the variant's.
-        assert params[T.PARAM_MAX_INPUT_LEN] == "8000"
+        # Limits come from the engine's own config.json, over the variant's; with chunked
+        # context the runtime's max input is max_seq_len - 1, whatever max_input_len says.
+        assert params[T.PARAM_MAX_INPUT_LEN] == "16383"
         assert trt.max_batch_size == 8
         assert params["gpt_model_path"] == str(engine_dir)
     else:

@@ -5,6 +5,10 @@ one response per token while streaming; the last response flagged final (at max 
 carries the last token; at EOS it is an empty response, as the real backend sends);
 stop words end generation; non-streaming sends one response; a cancelled request stops
 within one token. Requests run concurrently as coroutines on one event-loop thread.
+Limits as the real executor enforces them (texts in triton/backend_errors.py): at most
+``scripted_batch_slots`` requests generate at once and the rest wait in arrival order
+(inflight batching's queue); a prompt over the repository's max input length fails when it is
+taken from the queue; prompt + max tokens over max_seq_len is shortened, not failed.
 On MPI ranks > 0 it blocks in initialize, as TensorRT-LLM's leader mode does, so that
 tritonserver on those ranks never opens its ports.
 """
@@ -19,6 +23,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 from tokenizers import Tokenizer
 
+from trtllm_stack.triton import backend_errors
 from trtllm_stack.triton import tensors as T
 from trtllm_stack.triton.scripted import ScriptedModel, ends_with_any, token_stream
 
@@ -79,7 +84,13 @@ class TritonPythonModel:
             from trtllm_stack.triton.scripted_guide import GuidedDecoding
 
             self._guided = GuidedDecoding(info_path)
+        self._max_input_len = int(_param(config, T.PARAM_MAX_INPUT_LEN, "0")) or None
+        self._max_seq_len = int(_param(config, T.PARAM_MAX_SEQ_LEN, "0")) or None
+        self._slots_total = max(1, int(_param(config, "scripted_batch_slots", "64")))
+        self._executor_ids = iter(range(1, 1 << 62))
         self._loop = asyncio.new_event_loop()
+        # Created on the loop's thread below: asyncio primitives belong to one loop.
+        self._slots = None
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._thread.start()
 
@@ -97,19 +108,93 @@ class TritonPythonModel:
 
     async def _generate(self, request):
         sender = request.get_response_sender()
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self._slots_total)
+        queued_at = time.monotonic()
         try:
-            await self._run(request, sender)
+            if not await self._wait_for_slot(request):
+                # Cancelled while queued: the executor drops it without generating.
+                sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+                self._log(
+                    {
+                        "event": "request",
+                        "request_id": request.request_id(),
+                        "outcome": "cancelled",
+                        "output_tokens": 0,
+                        "queued": True,
+                    }
+                )
+                return
+        except Exception as exc:
+            sender.send(
+                pb_utils.InferenceResponse(error=pb_utils.TritonError(f"scripted engine: {exc}")),
+                flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL,
+            )
+            return
+        queued_ms = round((time.monotonic() - queued_at) * 1000, 1)
+        try:
+            await self._run(request, sender, queued_ms)
         except Exception as exc:  # the stand-in must never leave a stream open
             sender.send(
                 pb_utils.InferenceResponse(error=pb_utils.TritonError(f"scripted engine: {exc}")),
                 flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL,
             )
+        finally:
+            self._slots.release()
 
-    async def _run(self, request, sender):
+    async def _wait_for_slot(self, request):
+        """Queue for a batch slot, in arrival order; False if cancelled while waiting.
+
+        One acquire per request, polled without cancelling it, so a waiter keeps its place.
+        """
+        acquire = asyncio.ensure_future(self._slots.acquire())
+        while True:
+            done, _ = await asyncio.wait({acquire}, timeout=0.05)
+            if done:
+                return True
+            if request.is_cancelled():
+                acquire.cancel()
+                try:
+                    await acquire
+                except asyncio.CancelledError:
+                    return False
+                self._slots.release()  # it was granted just before the cancel
+                return False
+
+    def _refusal(self, prompt_len):
+        """The executor's error for a prompt over the limit, None if it fits."""
+        if self._max_input_len is None or prompt_len <= self._max_input_len:
+            return None
+        return backend_errors.executor_error(
+            next(self._executor_ids),
+            backend_errors.prompt_too_long(prompt_len, self._max_input_len),
+        )
+
+    async def _run(self, request, sender, queued_ms=0.0):
         prompt = pb_utils.get_input_tensor_by_name(request, T.INPUT_IDS).as_numpy().reshape(-1)
         prompt_len = int(_scalar(request, T.INPUT_LENGTHS, prompt.shape[0]))
         prompt = prompt[:prompt_len]
         max_tokens = int(_scalar(request, T.REQUEST_OUTPUT_LEN, 16))
+        refusal = self._refusal(int(prompt.shape[0]))
+        if refusal is not None:
+            sender.send(
+                pb_utils.InferenceResponse(error=pb_utils.TritonError(refusal)),
+                flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL,
+            )
+            self._log(
+                {
+                    "event": "request",
+                    "request_id": request.request_id(),
+                    "outcome": "prompt_too_long",
+                    "output_tokens": 0,
+                    "prompt_tokens": int(prompt.shape[0]),
+                }
+            )
+            return
+        if self._max_seq_len is not None:
+            max_tokens = backend_errors.clamped_max_tokens(
+                int(prompt.shape[0]), max_tokens, self._max_seq_len
+            )
         end_id = int(_scalar(request, T.END_ID, -1))
         streaming = bool(_scalar(request, T.STREAMING, False))
         exclude_input = bool(
@@ -180,6 +265,8 @@ class TritonPythonModel:
                 "outcome": outcome,
                 "output_tokens": len(generated),
                 "prompt_tokens": int(prompt.shape[0]),
+                "max_tokens": max_tokens,
+                "queued_ms": queued_ms,
             }
         )
 
