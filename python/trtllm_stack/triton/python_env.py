@@ -35,6 +35,7 @@ import stat
 import sys
 import sysconfig
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,6 +91,11 @@ def state_dir() -> Path:
     return path
 
 
+def _tmp_name(name: str) -> str:
+    """Unique per process *and* thread: replicas start in parallel threads of one process."""
+    return f".{name}.{os.getpid()}.{threading.get_ident()}"
+
+
 def _write(path: Path, text: str, mode: int = 0o644) -> None:
     """Atomic and idempotent: concurrent runs of the same environment write equal bytes."""
     if path.is_file() and not path.is_symlink():
@@ -98,7 +104,7 @@ def _write(path: Path, text: str, mode: int = 0o644) -> None:
                 return
         except OSError:
             pass
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    tmp = path.with_name(_tmp_name(path.name))
     tmp.write_text(text, encoding="utf-8")
     tmp.chmod(mode)
     tmp.replace(path)
@@ -108,7 +114,7 @@ def symlink(link: Path, target: Path) -> None:
     """Point ``link`` at ``target`` atomically (leave it if it already does)."""
     if link.is_symlink() and os.readlink(link) == str(target):
         return
-    tmp = link.with_name(f".{link.name}.{os.getpid()}")
+    tmp = link.with_name(_tmp_name(link.name))
     tmp.unlink(missing_ok=True)
     tmp.symlink_to(target)
     tmp.replace(link)
