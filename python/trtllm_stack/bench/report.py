@@ -268,7 +268,9 @@ def summary_table(result: dict[str, Any]) -> str:
             s = lv["summary"]
             row = [
                 t["label"],
-                level_label(lv["level"]) + (" (partial)" if lv.get("interrupted") else ""),
+                level_label(lv["level"])
+                + (" (partial)" if lv.get("interrupted") else "")
+                + (" FAILED" if s["completed"] == 0 else ""),
                 str(s["completed"]),
                 str(s["errors"]),
                 _f(s["ttft_ms"]["p50"], 2),
@@ -290,7 +292,19 @@ def summary_table(result: dict[str, Any]) -> str:
         for lv in t["levels"]:
             for reason, n in lv["summary"]["error_reasons"].items():
                 notes.append(f"{t['label']} {level_label(lv['level'])}: {n} x {reason}")
+    for label in failed_levels(result):
+        notes.append(f"FAILED {label}: no request succeeded")
     return _render(headers, rows) + "\n" + "\n".join(notes)
+
+
+def failed_levels(result: dict[str, Any]) -> list[str]:
+    """'target level' of every level without a single successful request."""
+    return [
+        f"{t['label']} {level_label(lv['level'])}"
+        for t in result["targets"]
+        for lv in t["levels"]
+        if lv["summary"]["completed"] == 0
+    ]
 
 
 # ---------------------------------------------------------------------------- plot
@@ -301,6 +315,26 @@ def _x_of(level: dict[str, Any]) -> float | None:
         return float(level["concurrency"])
     rate = level["rate"]
     return None if rate in (None, "inf") else float(rate)
+
+
+def _level_axis(ax: Any, levels: list[float], *, integer: bool) -> None:
+    """Ticks at the measured levels; from zero unless they span a factor of 8 or more
+    (then log2, still labelled with the levels themselves)."""
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
+
+    if not levels:
+        return
+    label = FuncFormatter(lambda v, _pos: f"{v:g}")
+    if len(levels) > 1 and levels[0] > 0 and levels[-1] / levels[0] >= 8:
+        ax.set_xscale("log", base=2)
+        ax.set_xlim(levels[0] / 1.3, levels[-1] * 1.3)
+    else:
+        # One level sits in the middle; several leave room for the last marker.
+        ax.set_xlim(0, levels[-1] * (2 if len(levels) == 1 else 1.15) or 1)
+    shown = levels if len(levels) <= 12 else levels[:: math.ceil(len(levels) / 12)]
+    ax.xaxis.set_major_locator(FixedLocator([*([] if ax.get_xscale() == "log" else [0]), *shown]))
+    ax.xaxis.set_major_formatter(label if integer else FuncFormatter(lambda v, _p: f"{v:.3g}"))
+    ax.xaxis.set_minor_locator(NullLocator())
 
 
 def write_plot(result: dict[str, Any], path: Path) -> None:
@@ -319,6 +353,12 @@ def write_plot(result: dict[str, Any], path: Path) -> None:
         (axes[1][0], "e2e_ms", "end-to-end latency (ms)"),
     ]
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    # p50 and p99 differ in line style *and* marker (a single level has no line to tell
+    # them apart): filled circles for p50, hollow squares for p99.
+    styles: dict[str, dict[str, Any]] = {
+        "p50": {"linestyle": "-", "marker": "o"},
+        "p99": {"linestyle": "--", "marker": "s", "markerfacecolor": "white", "mew": 1.5},
+    }
     xs_all: set[float] = set()
     for i, t in enumerate(result["targets"]):
         color = colors[i % len(colors)]
@@ -330,10 +370,16 @@ def write_plot(result: dict[str, Any], path: Path) -> None:
         xs = [p[0] for p in points]
         xs_all.update(xs)
         for ax, key, _ in panels:
-            for pct, style in (("p50", "-"), ("p99", "--")):
+            for pct, style in styles.items():
                 ys = [p[1][key][pct] for p in points]
-                ys_plot = [math.nan if y is None else y for y in ys]
-                ax.plot(xs, ys_plot, style, marker="o", color=color, label=f"{t['label']} {pct}")
+                ax.plot(
+                    xs,
+                    [math.nan if y is None else y for y in ys],
+                    color=color,
+                    label=f"{t['label']} {pct}",
+                    clip_on=False,
+                    **style,
+                )
         tput = [p[1]["output_tokens_per_s"] for p in points]
         axes[1][1].plot(
             xs,
@@ -342,32 +388,24 @@ def write_plot(result: dict[str, Any], path: Path) -> None:
             marker="o",
             color=color,
             label=t["label"],
+            clip_on=False,
         )
-    for ax, key, title in panels:
+    for ax, _key, title in panels:
         ax.set_title(title)
         ax.set_ylabel("ms")
-        ys = [
-            v
-            for t in result["targets"]
-            for lv in t["levels"]
-            for pct in ("p50", "p99")
-            if (v := lv["summary"][key][pct]) is not None and v > 0
-        ]
-        # latencies span milliseconds to seconds across load levels: log scale keeps
-        # the low-load points readable
-        if ys and max(ys) / min(ys) > 30:
-            ax.set_yscale("log")
     axes[1][1].set_title("output throughput")
     axes[1][1].set_ylabel("tokens/s")
-    axes[1][1].set_ylim(bottom=0)
+    levels = sorted(xs_all)
     for row in axes:
         for ax in row:
             ax.set_xlabel(xlabel)
-            if len(xs_all) > 1 and min(xs_all) > 0 and max(xs_all) / min(xs_all) >= 8:
-                ax.set_xscale("log", base=2)
+            _level_axis(ax, levels, integer=closed)
+            # Every axis starts at zero, with headroom above the highest point.
+            top = max((y for line in ax.get_lines() for y in line.get_ydata() if y == y), default=1)
+            ax.set_ylim(0, top * 1.12 if top > 0 else 1)
             ax.grid(True, alpha=0.3)
             if ax.get_legend_handles_labels()[0]:
-                ax.legend(fontsize=7)
+                ax.legend(fontsize=7, loc="best")
     when = result.get("started_at", "")
     commit = (result.get("environment", {}).get("git_commit") or "")[:10]
     fig.suptitle(f"trtllm-stack bench {when} {commit}".strip(), fontsize=10)

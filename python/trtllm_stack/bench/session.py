@@ -19,6 +19,7 @@ from trtllm_stack.bench.metrics import SLO, parse_slo
 from trtllm_stack.bench.report import (
     TargetRuns,
     environment,
+    failed_levels,
     result_json,
     summary_table,
     write_json,
@@ -230,6 +231,14 @@ def run_from_args(args: argparse.Namespace) -> int:
     if result["interrupted"]:
         print("interrupted: the result holds what was measured until Ctrl-C", file=sys.stderr)
         return 130
+    failed = failed_levels(result)
+    if failed:
+        print(
+            f"trtllm-stack bench: {len(failed)} level(s) without a successful request"
+            f" ({', '.join(failed)}); is the target up?",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 

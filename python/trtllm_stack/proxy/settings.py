@@ -35,7 +35,7 @@ class ProxySettings(BaseSettings):
     )
     tokenizer_dir: Path | None = Field(
         default=None,
-        description="tokenizer files; default: the engine dir's, else the bundled Qwen3",
+        description="tokenizer files; default: the bundled Qwen3 (proxy: --engine-dir's if any)",
     )
     engine_dir: Path | None = Field(
         default=None, description="engine dir (its tokenizer files are used)"

@@ -60,6 +60,57 @@ def _child_setup() -> None:  # runs in the forked child before exec
     _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
+# The session guard: a tiny process that outlives a SIGKILLed launcher by the moment it needs
+# to end the launch's session. mpirun alone does not: killed launcher -> mpirun gets SIGTERM
+# (PR_SET_PDEATHSIG) and exits, but its tritonserver rank stays, orphaned (seen here with
+# Open MPI 4.1.4). Standard library only, started with -I -S (no site, no environment).
+_GUARD = r"""
+import os, signal, sys, time
+sid = int(sys.argv[1])
+def members():
+    found = []
+    for e in os.listdir("/proc"):
+        if e.isdigit():
+            try:
+                st = open(f"/proc/{e}/stat").read()
+            except OSError:
+                continue
+            f = st[st.rfind(")") + 2:].split()
+            if int(f[3]) == sid and f[0] != "Z":
+                found.append(int(e))
+    return found
+def end(*_):
+    for sig, grace in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 0.0)):
+        for pid in members():
+            try:
+                os.kill(pid, sig)
+            except OSError:
+                pass
+        deadline = time.monotonic() + grace
+        while members() and time.monotonic() < deadline:
+            time.sleep(0.2)
+    os._exit(0)
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+signal.signal(signal.SIGHUP, signal.SIG_IGN)
+signal.signal(signal.SIGTERM, end)
+while True:
+    signal.pause()
+"""
+
+
+def start_session_guard(sid: int) -> subprocess.Popen[bytes] | None:
+    """A process that ends session ``sid`` when this one dies (SIGTERM by PDEATHSIG)."""
+    try:
+        return subprocess.Popen(
+            [sys.executable, "-I", "-S", "-c", _GUARD, str(sid)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            preexec_fn=_child_setup,
+        )
+    except OSError:
+        return None
+
+
 # --------------------------------------------------------------------------- /proc helpers
 
 
@@ -245,6 +296,7 @@ class TritonLaunch:
         self.ready_url = ready_url
         self.logs = RankLogs(log_dir, world_size, echo)
         self.proc: subprocess.Popen[bytes] | None = None
+        self.guard: subprocess.Popen[bytes] | None = None
         self.rank_pids: dict[int, int] = {}
         self._stopping = False
 
@@ -262,6 +314,7 @@ class TritonLaunch:
         )
         assert self.proc.stdout is not None
         self.logs.follow(self.proc.stdout)
+        self.guard = start_session_guard(self.proc.pid)
 
     def _find_rank_pids(self) -> None:
         """Map rank -> tritonserver pid (by its distinct shm prefix) among mpirun's children."""
@@ -378,6 +431,9 @@ class TritonLaunch:
                     _signal(pid, signal.SIGKILL)
                 proc.wait()
         swept = self._sweep(sweep_grace)
+        if self.guard is not None:  # our own sweep is done: the guard has nothing to do
+            self.guard.kill()
+            self.guard.wait()
         self.logs.join()
         self.logs.close()
         return swept

@@ -43,8 +43,12 @@ class ReplicaSet:
 
     def start(self, timeout: float = 180.0) -> list[TritonEndpoints]:
         try:
+            # Launched from this thread (PR_SET_PDEATHSIG is per forking thread), waited on
+            # in parallel.
+            for server in self.servers:
+                server.launch()
             with ThreadPoolExecutor(len(self.servers)) as pool:
-                futures = [pool.submit(s.start, timeout) for s in self.servers]
+                futures = [pool.submit(s.wait_ready, timeout) for s in self.servers]
                 return [f.result() for f in futures]
         except BaseException:
             self.stop()

@@ -183,6 +183,11 @@ class TritonServer:
         ]
 
     def start(self, timeout: float = 120.0) -> TritonEndpoints:
+        self.launch()
+        return self.wait_ready(timeout)
+
+    def launch(self) -> None:
+        """Start the process (from the main thread: see die_with_parent); do not wait."""
         cpu = cpu_tritonserver()
         env = {**self.base_env, **cpu.env}
         if self.log_path is not None:
@@ -203,6 +208,10 @@ class TritonServer:
         threading.Thread(
             target=_end_group_when_dead, args=(self._proc,), name="triton-reaper", daemon=True
         ).start()
+
+    def wait_ready(self, timeout: float = 120.0) -> TritonEndpoints:
+        """Block until Triton reports ready; stop it and raise UserError if it cannot."""
+        assert self._proc is not None, "launch() first"
         deadline = time.monotonic() + timeout
         url = f"{self.endpoints.http_url}/v2/health/ready"
         while time.monotonic() < deadline:
@@ -221,6 +230,19 @@ class TritonServer:
             time.sleep(0.2)
         self.stop()
         raise UserError(f"tritonserver not ready after {timeout:.0f}s{self._log_hint()}")
+
+    def log_tail(self, lines: int = 15) -> list[str]:
+        """Last lines of the log (for a failed start), empty without a log."""
+        if self.log_path is None:
+            return []
+        try:
+            with open(self.log_path, "rb") as f:
+                f.seek(0, os.SEEK_END)
+                f.seek(max(0, f.tell() - 64 * 1024))
+                text = f.read().decode("utf-8", "replace")
+        except OSError:
+            return []
+        return [line for line in text.splitlines() if line.strip()][-lines:]
 
     def _log_hint(self) -> str:
         return f" (log: {self.log_path})" if self.log_path else ""

@@ -264,6 +264,8 @@ let
       pythonImportsCheck ? [ ],
       passthru ? { },
       meta ? { },
+      dependencies ? [ ],
+      propagatedBuildInputs ? [ ],
       ...
     }:
     let
@@ -286,6 +288,8 @@ let
       inherit pname version src meta;
       passthru = passthru // {
         isStandInPythonModule = true;
+        # As nixpkgs' mk-python-derivation.nix: the dependencies propagate.
+        propagatedBuildInputs = dependencies ++ propagatedBuildInputs;
       };
       buildCommand = ''
         site="$out/lib/python3/site-packages"

@@ -143,3 +143,77 @@ def test_gzip_result_and_shareable_mode(tmp_path: Path) -> None:
     mask = os.umask(0)
     os.umask(mask)
     assert path.stat().st_mode & 0o777 == 0o666 & ~mask
+
+
+def test_a_level_without_success_is_marked_failed_in_the_table() -> None:
+    from trtllm_stack.bench.metrics import ERROR
+    from trtllm_stack.bench.report import failed_levels
+
+    dead = LevelRun(
+        Level("closed", concurrency=2),
+        [
+            RequestRecord(index=i, start=0.0, tokens_in=10, status=ERROR, error="cannot connect")
+            for i in range(3)
+        ],
+        wall_time=1.0,
+    )
+    result = result_json(
+        [TargetRuns("proxy", {"url": "http://a", "kind": "openai"}, [_run(1, 0.01, 0.001), dead])],
+        {},
+        {"cpu_count": 2},
+        None,
+        interrupted=False,
+        started_at="2026-01-01T00:00:00+00:00",
+    )
+    assert failed_levels(result) == ["proxy c=2"]
+    table = summary_table(result)
+    row = next(line for line in table.splitlines() if "c=2" in line and line.startswith("proxy"))
+    assert "FAILED" in row
+    assert "FAILED proxy c=2: no request succeeded" in table
+    assert "FAILED" not in next(line for line in table.splitlines() if " c=1 " in line)
+
+
+def test_bench_against_a_dead_target_exits_1(tmp_path: Path, capsys) -> None:
+    from trtllm_stack.triton.server import free_port
+
+    out = tmp_path / "r.json"
+    argv = ["bench", "--target", f"http://127.0.0.1:{free_port()}", "--model", "qwen3"]
+    argv += ["--num-requests", "2", "--concurrency", "1", "--no-progress", "--no-plot"]
+    assert main([*argv, "-o", str(out)]) == 1
+    captured = capsys.readouterr()
+    assert "without a successful request" in captured.err
+    assert "FAILED" in captured.out
+    assert load_result(out)["targets"][0]["levels"][0]["summary"]["completed"] == 0
+
+
+@pytest.mark.parametrize("levels", [[2], [1, 2, 3], [1, 4, 16, 64]])
+def test_plot_axes_start_at_zero_with_integer_level_ticks(levels, monkeypatch, tmp_path) -> None:
+    import matplotlib.figure
+
+    from trtllm_stack.bench import report
+
+    saved: list[matplotlib.figure.Figure] = []
+    real = matplotlib.figure.Figure.savefig
+    monkeypatch.setattr(
+        matplotlib.figure.Figure, "savefig", lambda f, *a, **k: (saved.append(f), real(f, *a, **k))
+    )
+    runs = [_run(c, 0.010 * c, 0.001) for c in levels]
+    result = result_json(
+        [TargetRuns("proxy", {"url": "u", "kind": "openai"}, runs)],
+        {},
+        {"cpu_count": 2},
+        None,
+        interrupted=False,
+        started_at="2026-01-01T00:00:00+00:00",
+    )
+    report.write_plot(result, tmp_path / "p.png")
+    for ax in saved[0].axes:
+        assert ax.get_ylim()[0] == 0
+        top = max(y for line in ax.get_lines() for y in line.get_ydata())
+        assert ax.get_ylim()[1] > top  # nothing clipped at the top
+        ticks = [t for t in ax.get_xticks() if t > 0]
+        assert ticks == levels  # the measured concurrencies, integers, nothing fractional
+        lo, hi = ax.get_xlim()
+        assert lo < min(levels) and hi > max(levels)
+        if ax.get_xscale() == "linear":
+            assert lo == 0
