@@ -19,27 +19,18 @@ from typing import Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from trtllm_stack.proxy.errors import ProxyError, error_response
+from trtllm_stack.proxy.errors import (
+    BadHost,
+    ForbiddenOrigin,
+    ProxyError,
+    UnsupportedMediaType,
+    error_response,
+)
 
 # http(s)://localhost, 127.x.y.z or [::1], any port.
 LOCAL_ORIGIN_REGEX = r"https?://(localhost|127(\.\d{1,3}){3}|\[::1\])(:\d{1,5})?"
 _LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 _WILDCARD_BINDS = frozenset({"0.0.0.0", "::", ""})
-
-
-class ForbiddenOrigin(ProxyError):
-    status = 403
-    code = "origin_not_allowed"
-
-
-class BadHost(ProxyError):
-    status = 400
-    code = "host_not_allowed"
-
-
-class UnsupportedMediaType(ProxyError):
-    status = 415
-    code = "unsupported_media_type"
 
 
 def cors_policy(settings: Any) -> tuple[list[str], str | None]:

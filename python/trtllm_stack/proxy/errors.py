@@ -69,6 +69,21 @@ class PayloadTooLarge(ProxyError):
     code = "request_too_large"
 
 
+class ForbiddenOrigin(ProxyError):
+    status = 403
+    code = "origin_not_allowed"
+
+
+class BadHost(ProxyError):
+    status = 400
+    code = "host_not_allowed"
+
+
+class UnsupportedMediaType(ProxyError):
+    status = 415
+    code = "unsupported_media_type"
+
+
 class Overloaded(ProxyError):
     status = 429
     type = "rate_limit_error"
