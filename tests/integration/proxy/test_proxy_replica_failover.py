@@ -20,12 +20,20 @@ pytestmark = pytest.mark.integration
 _SYSTEM = "You are a careful assistant. " * 20
 
 
-def _served_by(events_by_replica: list[list[dict]], request_id: str) -> int:
-    hits = [
-        i
-        for i, events in enumerate(events_by_replica)
-        if any(e.get("request_id") == request_id for e in events)
-    ]
+def _served_by(tritons, request_id: str, timeout: float = 10.0) -> int:
+    """The replica whose engine logged ``request_id``. The scripted engine logs a request
+    after sending its final response, so the client can see the reply first: wait."""
+    deadline = time.monotonic() + timeout
+    while True:
+        logs = [read_events(t.event_log) for t in tritons]
+        hits = [
+            i
+            for i, events in enumerate(logs)
+            if any(e.get("request_id") == request_id for e in events)
+        ]
+        if hits or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
     assert len(hits) == 1, (request_id, hits)
     return hits[0]
 
@@ -75,8 +83,7 @@ def test_two_replicas_route_fail_over_and_come_back(proxy_factory, triton_factor
         ).id
         for i in range(4)
     ]
-    logs = [read_events(t.event_log) for t in tritons]
-    assert sorted(_served_by(logs, i) for i in ids) == [0, 0, 1, 1]
+    assert sorted(_served_by(tritons, i) for i in ids) == [0, 0, 1, 1]
 
     # Three conversations, three turns each: every turn lands where its first turn did.
     placements: list[set[int]] = []
@@ -88,8 +95,7 @@ def test_two_replicas_route_fail_over_and_come_back(proxy_factory, triton_factor
             resp = client.chat.completions.create(model="qwen3", messages=messages)
             messages.append({"role": "assistant", "content": resp.choices[0].message.content})
             turn_ids.append(resp.id)
-        logs = [read_events(t.event_log) for t in tritons]
-        placements.append({_served_by(logs, i) for i in turn_ids})
+        placements.append({_served_by(tritons, i) for i in turn_ids})
     assert all(len(p) == 1 for p in placements), placements
 
     # Six streams in flight, three per replica; SIGKILL replica 1 while they stream.

@@ -11,7 +11,7 @@ import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from proxy_helpers import read_events, start_proxy
+from proxy_helpers import start_proxy, wait_for_event
 from reliability_helpers import chat_body, in_flight, parse_sse, streamed_content, wait_until
 
 from trtllm_stack.tokenizer import load_tokenizer
@@ -364,7 +364,8 @@ def test_injected_role_markers_are_plain_text(hostile, triton, qwen3_tokenizer_d
     assert tok.decode(ids, skip_special_tokens=False) == rendered
     # usage and the engine agree on the number of prompt tokens.
     assert out["usage"]["prompt_tokens"] == len(ids)
-    ev = next(e for e in read_events(triton.event_log) if e.get("request_id") == out["id"])
+    # The engine logs a request after its final response: wait for the line.
+    ev = wait_for_event(triton.event_log, lambda e: e.get("request_id") == out["id"])
     assert ev["prompt_tokens"] == len(ids)
 
 
