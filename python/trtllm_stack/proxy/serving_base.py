@@ -45,6 +45,7 @@ from trtllm_stack.proxy.workers import SharedInFlight
 from trtllm_stack.text.chat_template import ChatTemplate
 from trtllm_stack.text.pipeline import TextPipeline
 from trtllm_stack.text.special_tokens import LiteralText
+from trtllm_stack.text.tool_calls import ToolCallDelta
 from trtllm_stack.triton.tensors import EngineChunk, EngineRequest
 
 log = logging.getLogger("trtllm_stack.proxy")
@@ -363,16 +364,20 @@ class TokenSink(Protocol):
 
 @dataclass(slots=True)
 class Collected:
-    """A whole generation read for a non-streaming reply (text after stop strings)."""
+    """A whole generation read for a non-streaming reply: the same pipeline as the stream's
+    over the same ids, so both give the same reasoning, content and tool calls."""
 
     pipeline: TextPipeline
     want_log_probs: bool
-    text: str = ""
+    text: str = ""  # content
+    reasoning: str = ""
+    tool_deltas: list[ToolCallDelta] = field(default_factory=list)
     completion_tokens: int = 0
     finish_reason: str = "stop"  # "stop" or "length"; chat may still turn it into "tool_calls"
     token_ids: list[int] = field(default_factory=list)  # with log probs only
     log_probs: list[float] = field(default_factory=list)
     _parts: list[str] = field(default_factory=list)
+    _reasoning: list[str] = field(default_factory=list)
 
     @property
     def stopped(self) -> bool:
@@ -380,16 +385,25 @@ class Collected:
 
     def push(self, ids: list[int], batch: list[EngineChunk], out: list[bytes]) -> None:
         self.completion_tokens += len(ids)
-        self._parts.append(self.pipeline.push(ids)[1])
+        self._take(self.pipeline.push(ids))
         if self.want_log_probs:
             self.token_ids.extend(ids)
             self.log_probs.extend(lp for ch in batch for lp in ch.log_probs or ())
 
     def finish(self, out: list[bytes], finish: str) -> str:
-        self._parts.append(self.pipeline.finish()[1])
+        self._take(self.pipeline.finish())
         self.text = "".join(self._parts)
+        self.reasoning = "".join(self._reasoning)
         self.finish_reason = finish
         return finish
+
+    def _take(self, parsed: tuple[str, str, list[ToolCallDelta]]) -> None:
+        reasoning, content, deltas = parsed
+        if reasoning:
+            self._reasoning.append(reasoning)
+        self._parts.append(content)
+        if deltas:
+            self.tool_deltas.extend(deltas)
 
 
 def abandon(pump: ChunkStream | None, lease: Lease) -> None:
@@ -425,6 +439,10 @@ class RequestRunner(Generic[P]):
     def reply(self, plan: P, got: Collected) -> tuple[dict[str, Any], str]:
         """The non-stream JSON reply and its finish reason, from the collected output."""
         raise NotImplementedError
+
+    def pipeline(self, plan: P) -> TextPipeline:
+        """The request's text pipeline, the same for its stream and its JSON reply."""
+        return TextPipeline(self.ctx.tokenizer, stops=plan.stops)
 
     # -- the request path ------------------------------------------------------------------
 
@@ -498,7 +516,7 @@ class RequestRunner(Generic[P]):
         return self.run(plan, pump, first, lease, sink, out, head)
 
     async def _collect(self, plan: P, pump: ChunkStream, lease: Lease) -> dict[str, Any]:
-        got = Collected(TextPipeline(self.ctx.tokenizer, stops=plan.stops), plan.want_logprobs)
+        got = Collected(self.pipeline(plan), plan.want_logprobs)
         first = await pump.next_batch()
         async for _ in self.run(plan, pump, first, lease, got, [], None):
             pass  # a Collected sends nothing: run() only returns at the end

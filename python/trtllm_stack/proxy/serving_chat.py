@@ -29,13 +29,12 @@ from trtllm_stack.proxy.serving_base import (
 from trtllm_stack.proxy.sse import ChunkTemplate, dumps
 from trtllm_stack.text.chat_template import TemplateLimit
 from trtllm_stack.text.pipeline import TextPipeline
-from trtllm_stack.text.reasoning import split_reasoning
 from trtllm_stack.text.special_tokens import Escaper
 from trtllm_stack.text.tool_calls import (
     ToolCallDelta,
     ToolCallStreaming,
+    calls_from_deltas,
     new_call_id,
-    parse_tool_calls,
 )
 from trtllm_stack.triton.tensors import EngineChunk
 
@@ -249,18 +248,24 @@ class ChatService(RequestRunner[ChatPlan]):
 
     # -- non-streaming ---------------------------------------------------------------
 
+    def pipeline(self, plan: ChatPlan) -> TextPipeline:
+        return TextPipeline(
+            self.ctx.tokenizer,
+            stops=plan.stops,
+            reasoning=plan.reasoning,
+            thinking_enabled=plan.thinking_enabled,
+            think_in_prompt=plan.think_in_prompt,
+            tool_names=plan.tool_names,
+            tool_call_streaming=plan.tool_call_streaming,
+        )
+
     def reply(self, plan: ChatPlan, got: Collected) -> tuple[dict[str, Any], str]:
         ctx = self.ctx
         text = got.text
-        reasoning: str | None = None
-        if plan.reasoning:
-            reasoning, text = split_reasoning(
-                text, thinking_enabled=plan.thinking_enabled, think_in_prompt=plan.think_in_prompt
-            )
         message: dict[str, Any] = {"role": "assistant", "content": text}
-        if reasoning:
+        if got.reasoning:
             for key in _REASONING_KEYS[ctx.settings.reasoning_field]:
-                message[key] = reasoning
+                message[key] = got.reasoning
         finish = got.finish_reason
         if plan.forced_tools is not None:
             forced = forced_tool_calls(text, plan.forced_tools)
@@ -268,21 +273,20 @@ class ChatService(RequestRunner[ChatPlan]):
                 message["content"] = None
                 message["tool_calls"] = [_call_json(n, a) for n, a in forced]
                 finish = "tool_calls" if finish == "stop" else finish
-        elif plan.tool_names is not None:
-            content, calls = parse_tool_calls(text, plan.tool_names)
-            if calls and not plan.parallel_tool_calls:
+        elif got.tool_deltas:
+            calls = calls_from_deltas(got.tool_deltas)
+            if not plan.parallel_tool_calls:
                 calls = calls[:1]  # parallel_tool_calls false: the first call, as vLLM does
-            if calls:
-                message["content"] = content or None
-                message["tool_calls"] = [
-                    {
-                        "id": c.id,
-                        "type": "function",
-                        "function": {"name": c.name, "arguments": c.arguments},
-                    }
-                    for c in calls
-                ]
-                finish = "tool_calls"
+            message["content"] = text or None
+            message["tool_calls"] = [
+                {
+                    "id": c.id,
+                    "type": "function",
+                    "function": {"name": c.name, "arguments": c.arguments},
+                }
+                for c in calls
+            ]
+            finish = _tool_finish(got.pipeline, finish)
         logprobs = (
             chat_logprobs(ctx.tokenizer, got.token_ids, got.log_probs)
             if plan.want_logprobs
@@ -305,7 +309,7 @@ class ChatService(RequestRunner[ChatPlan]):
     def stream_output(self, plan: ChatPlan, head: dict[str, Any], out: list[bytes]) -> DeltaOutput:
         tpl = ChunkTemplate(head, "delta")
         out.append(tpl.chunk(b'{"role":"assistant","content":""}'))
-        return DeltaOutput(self.ctx, plan, tpl)
+        return DeltaOutput(self.ctx, plan, tpl, self.pipeline(plan))
 
 
 class DeltaOutput:
@@ -313,20 +317,14 @@ class DeltaOutput:
 
     __slots__ = ("_ctx", "_pipeline", "_plan", "_rkeys", "_shaper", "_tpl")
 
-    def __init__(self, ctx: ServingContext, plan: ChatPlan, tpl: ChunkTemplate) -> None:
+    def __init__(
+        self, ctx: ServingContext, plan: ChatPlan, tpl: ChunkTemplate, pipeline: TextPipeline
+    ) -> None:
         self._ctx = ctx
         self._plan = plan
         self._tpl = tpl
         self._rkeys = _REASONING_KEYS[ctx.settings.reasoning_field]
-        self._pipeline = TextPipeline(
-            ctx.tokenizer,
-            stops=plan.stops,
-            reasoning=plan.reasoning,
-            thinking_enabled=plan.thinking_enabled,
-            think_in_prompt=plan.think_in_prompt,
-            tool_names=plan.tool_names,
-            tool_call_streaming=plan.tool_call_streaming,
-        )
+        self._pipeline = pipeline
         # tool_choice required/named, parallel_tool_calls false (see _CallShaper).
         self._shaper = (
             _CallShaper(plan) if plan.forced_tools or not plan.parallel_tool_calls else None
@@ -359,12 +357,16 @@ class DeltaOutput:
         if shaper is not None and shaper.called:
             finish = "tool_calls" if finish == "stop" else finish
         elif pipeline.called_tools:
-            # A call already streamed and then cut off by max_tokens cannot be taken back;
-            # "length" tells the client its arguments are incomplete (as OpenAI does).
-            truncated = pipeline.tool_call_truncated and not pipeline.stopped
-            finish = "length" if truncated and finish == "length" else "tool_calls"
+            finish = _tool_finish(pipeline, finish)
         out.append(self._tpl.final(b"{}", finish))
         return finish
+
+
+def _tool_finish(pipeline: TextPipeline, finish: str) -> str:
+    # A call cut off by max_tokens cannot be taken back once streamed; "length" tells the
+    # client its arguments are incomplete (as OpenAI does). Same rule without a stream.
+    truncated = pipeline.tool_call_truncated and not pipeline.stopped
+    return "length" if truncated and finish == "length" else "tool_calls"
 
 
 def _call_json(name: str, arguments: str) -> dict[str, Any]:

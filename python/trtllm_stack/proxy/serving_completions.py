@@ -113,7 +113,9 @@ class CompletionService(RequestRunner[Plan]):
         return result, got.finish_reason
 
     def stream_output(self, plan: Plan, head: dict[str, Any], out: list[bytes]) -> TextOutput:
-        return TextOutput(self.ctx.tokenizer, plan, ChunkTemplate(head, "text"))
+        return TextOutput(
+            self.ctx.tokenizer, plan, ChunkTemplate(head, "text"), self.pipeline(plan)
+        )
 
 
 class TextOutput:
@@ -121,9 +123,11 @@ class TextOutput:
 
     __slots__ = ("_offset", "_pipeline", "_tokenizer", "_tpl", "_want_logprobs")
 
-    def __init__(self, tokenizer: Any, plan: Plan, tpl: ChunkTemplate) -> None:
+    def __init__(
+        self, tokenizer: Any, plan: Plan, tpl: ChunkTemplate, pipeline: TextPipeline
+    ) -> None:
         self._tokenizer = tokenizer
-        self._pipeline = TextPipeline(tokenizer, stops=plan.stops)
+        self._pipeline = pipeline
         self._tpl = tpl
         self._want_logprobs = plan.want_logprobs
         self._offset = 0

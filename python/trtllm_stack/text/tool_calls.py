@@ -32,16 +32,25 @@ calls, :attr:`truncated` says the stream ended inside one (the proxy then report
 finish_reason ``length`` if the engine stopped at max_tokens), and a warning is logged
 (index and reason only, no text).
 
-:func:`parse_tool_calls` (non-streaming) runs the same machine in buffered mode: nothing
-has been sent yet, so a broken block is always content there. For every valid block the
-streaming deltas of either mode and the non-streaming result agree (same name, and the
-fragments concatenate to the same arguments text); they differ only for a block that broke
-after its name was streamed.
+The proxy's non-streaming reply runs the same machine, in the same mode, over the same ids
+(``text/pipeline.py``), so it returns exactly what the stream sent, a broken call included.
+:func:`parse_tool_calls` is the buffered machine over a whole text (for text without tag
+tokens): there nothing has been sent, so a broken block is content; for every valid block
+it agrees with either streaming mode (same name, fragments concatenating to the same
+arguments text).
 
 The closing tag is recognised outside JSON strings only, so ``"</tool_call>"`` inside an
 argument value does not end the block. Brace/string state is tracked incrementally over
 the new text only, and the block head (``{"name": "...", "arguments": ``) is read once,
 so per push the work is O(len(new text)).
+
+``tags_by_id=True`` (what the pipeline uses with Qwen3's tokenizer, see ``text/tags.py``):
+the tags arrive as :meth:`Qwen3ToolCallParser.push_tag` calls, one per tag token, and text
+is never searched for them. A ``</tool_call>`` token ends the block wherever the JSON
+scanner is (an unbalanced quote in the arguments no longer swallows the closing tag and
+the calls after it), a ``<tool_call>`` token inside a block ends that block as if it had
+been closed (a missing ``</tool_call>`` between two calls), and the same characters
+spelled out as text are text.
 
 Whitespace right before a call is dropped, and so is whitespace after a call unless more
 content follows (then it stays, so words do not run together): a turn made only of tool
@@ -55,14 +64,13 @@ import json
 import logging
 import re
 import uuid
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from trtllm_stack.text.reasoning import partial_tag_suffix
-
-OPEN = "<tool_call>"
-CLOSE = "</tool_call>"
+from trtllm_stack.text.tags import TOOL_CLOSE as CLOSE
+from trtllm_stack.text.tags import TOOL_OPEN as OPEN
 
 ToolCallStreaming = Literal["incremental", "buffered"]
 
@@ -70,6 +78,7 @@ log = logging.getLogger("trtllm_stack.proxy")
 
 # Characters that change the scanner state outside / inside a JSON string.
 _OUTSIDE_STRING = re.compile(r'["{}<]')
+_OUTSIDE_STRING_BY_ID = re.compile(r'["{}]')  # tags_by_id: no closing tag in the text
 _INSIDE_STRING = re.compile(r'["\\]')
 _WS = re.compile(r"[ \t\n\r]*")
 
@@ -208,6 +217,7 @@ class Qwen3ToolCallParser:
         "_args_end",
         "_args_start",
         "_block",
+        "_by_id",
         "_call_index",
         "_depth",
         "_escape",
@@ -218,6 +228,7 @@ class Qwen3ToolCallParser:
         "_index",
         "_key",
         "_name",
+        "_outside",
         "_pending_ws",
         "_sent",
         "_size",
@@ -233,11 +244,14 @@ class Qwen3ToolCallParser:
         tool_names: Collection[str] | None = None,
         *,
         streaming: ToolCallStreaming = "incremental",
+        tags_by_id: bool = False,
     ) -> None:
         if streaming not in ("incremental", "buffered"):
             raise ValueError(f"streaming must be 'incremental' or 'buffered', not {streaming!r}")
         self._tool_names = frozenset(tool_names) if tool_names is not None else None
         self._incremental = streaming == "incremental"
+        self._by_id = tags_by_id
+        self._outside = _OUTSIDE_STRING_BY_ID if tags_by_id else _OUTSIDE_STRING
         self._state = _TEXT
         self._held = ""  # TEXT: partial "<tool_call>"; BLOCK: partial "</tool_call>"
         self._pending_ws = ""  # trailing content whitespace that may precede a call
@@ -279,8 +293,11 @@ class Qwen3ToolCallParser:
         deltas: list[ToolCallDelta] = []
         while buf:
             if self._state == _TEXT:
-                start = buf.find(OPEN)
+                start = -1 if self._by_id else buf.find(OPEN)
                 if start == -1:
+                    if self._by_id:
+                        content.append(self._content(buf))
+                        break
                     keep = partial_tag_suffix(buf, OPEN)
                     if keep:
                         self._held = buf[-keep:]
@@ -288,12 +305,7 @@ class Qwen3ToolCallParser:
                     content.append(self._content(buf))
                     break
                 content.append(self._content(buf[:start]))
-                self._state = _BLOCK
-                self._block = [OPEN]
-                self._size = len(OPEN)
-                self._depth = 0
-                self._in_string = self._escape = False
-                self._head = _H_OBJ if self._incremental else _H_OFF
+                self._open_block()
                 buf = buf[start + len(OPEN) :]
             else:
                 pos = self._read_head(buf, deltas) if self._head else 0
@@ -309,8 +321,35 @@ class Qwen3ToolCallParser:
                 self._block.append(CLOSE)
                 buf = buf[stop + len(CLOSE) :]
                 self._state = _TEXT
-                self._finish_block(content, deltas)
+                self._finish_block(content, deltas, closed=True)
         return "".join(content), deltas
+
+    def push_tag(self, tag: str) -> tuple[str, list[ToolCallDelta]]:
+        """One tag token (``tags_by_id``); other tags than ours are text."""
+        if tag == OPEN:
+            content: list[str] = []
+            deltas: list[ToolCallDelta] = []
+            if self._state == _BLOCK:  # no </tool_call> before the next call: end it here
+                self._state = _TEXT
+                self._finish_block(content, deltas, closed=False)
+            self._open_block()
+            return "".join(content), deltas
+        if tag == CLOSE and self._state == _BLOCK:
+            content = []
+            deltas = []
+            self._block.append(CLOSE)
+            self._state = _TEXT
+            self._finish_block(content, deltas, closed=True)
+            return "".join(content), deltas
+        return self.push(tag)
+
+    def _open_block(self) -> None:
+        self._state = _BLOCK
+        self._block = [OPEN]
+        self._size = len(OPEN)
+        self._depth = 0
+        self._in_string = self._escape = False
+        self._head = _H_OBJ if self._incremental else _H_OFF
 
     def _read_head(self, buf: str, deltas: list[ToolCallDelta]) -> int:
         """Read the block head in ``buf`` (incremental mode); return where the scanner
@@ -433,7 +472,7 @@ class Qwen3ToolCallParser:
                 else:
                     self._escape = True
                 continue
-            m = _OUTSIDE_STRING.search(buf, pos)
+            m = self._outside.search(buf, pos)
             if m is None:
                 break
             i = m.start()
@@ -463,9 +502,12 @@ class Qwen3ToolCallParser:
         self._key = self._name = ""
         self._call_index = -1
 
-    def _finish_block(self, content: list[str], deltas: list[ToolCallDelta]) -> None:
+    def _finish_block(
+        self, content: list[str], deltas: list[ToolCallDelta], *, closed: bool
+    ) -> None:
         raw = "".join(self._block)
-        parsed = validate_block(raw[len(OPEN) : -len(CLOSE)], self._tool_names)
+        inner = raw[len(OPEN) : -len(CLOSE)] if closed else raw[len(OPEN) :]
+        parsed = validate_block(inner, self._tool_names)
         if self._call_index >= 0:  # already announced: it stays a call whatever comes
             if (
                 parsed is None
@@ -473,7 +515,11 @@ class Qwen3ToolCallParser:
                 or self._args_end < 0
                 or parsed[1] != raw[self._args_start : self._args_end]
             ):
-                self._broke("its JSON is invalid at </tool_call>")
+                self._broke(
+                    "its JSON is invalid at </tool_call>"
+                    if closed
+                    else "the next <tool_call> came before its JSON was complete"
+                )
             self._reset_block()
             return
         self._reset_block()
@@ -523,10 +569,15 @@ def parse_tool_calls(
     parser = Qwen3ToolCallParser(tool_names, streaming="buffered")
     content, deltas = parser.push(text)
     tail, _ = parser.flush()
+    return content + tail, calls_from_deltas(deltas)
+
+
+def calls_from_deltas(deltas: Sequence[ToolCallDelta]) -> list[ToolCall]:
+    """The calls a stream of deltas amounts to (a name delta starts one, arguments add)."""
     calls: list[ToolCall] = []
     for delta in deltas:
         if delta.name is not None:
             calls.append(ToolCall(delta.id or new_call_id(), delta.name, ""))
         elif delta.arguments is not None:
             calls[-1].arguments += delta.arguments
-    return content + tail, calls
+    return calls
