@@ -22,14 +22,13 @@ import asyncio
 import dataclasses
 import secrets
 from collections import deque
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from trtllm_stack.proxy.engine import ChunkStream
 from trtllm_stack.triton.tensors import EngineChunk, EngineRequest
 
 _SEED_LIMIT = 2**64
-
-Item = tuple[int, "list[EngineChunk] | None"]  # (choice index, batch; None: its stream ended)
 
 
 def choice_count(n: int | None) -> int:
@@ -64,8 +63,13 @@ def merge(replies: list[dict[str, Any]]) -> dict[str, Any]:
 class ChoiceStreams(Protocol):
     """The engine streams of a request's choices, read as one."""
 
-    async def next(self) -> Item:
-        """The next batch of some choice (raises the first engine failure of any)."""
+    @property
+    def index(self) -> int:
+        """The choice of the batch :meth:`next_batch` returned last."""
+
+    def next_batch(self) -> Awaitable[list[EngineChunk] | None]:
+        """The next batch of some choice (None: that choice's stream ended); raises the
+        first engine failure of any choice."""
 
     def drop(self, index: int) -> None:
         """That choice is done: close (cancel) its engine request, read it no more."""
@@ -75,77 +79,93 @@ class ChoiceStreams(Protocol):
 
 
 class OneChoice:
-    """n = 1: the engine stream itself, no task in between."""
+    """n = 1: the engine stream itself (its own ``next_batch``, nothing in between)."""
 
-    __slots__ = ("_pump",)
+    __slots__ = ("_pump", "next_batch")
+
+    index = 0
 
     def __init__(self, pump: ChunkStream) -> None:
         self._pump = pump
-
-    async def next(self) -> Item:
-        return 0, await self._pump.next_batch()
+        self.next_batch: Callable[[], Awaitable[list[EngineChunk] | None]] = pump.next_batch
 
     def drop(self, index: int) -> None:
         self._pump.close()
 
     def close(self) -> None:
         self._pump.close()
-
-
-def _retrieve(task: asyncio.Task[Any]) -> None:
-    # A read that fails after the request was given up (another choice failed first)
-    # is not news: fetch its exception so that asyncio does not log it.
-    if not task.cancelled():
-        task.exception()
 
 
 class MergedChoices:
-    """n > 1: one pending ``next_batch()`` per live choice; batches handed out as they
-    arrive (those that arrived together in choice order)."""
+    """n > 1: a reader task per choice moves its engine stream's batches into one queue,
+    handed out in the order they arrived; an engine failure is queued after the batches
+    that came before it. Memory is bounded as the engine streams' own buffers are (by the
+    requests' max_tokens)."""
 
-    __slots__ = ("_pending", "_pumps", "_ready")
+    __slots__ = ("_live", "_loop", "_readers", "_ready", "_waiter", "index")
 
     def __init__(self, pumps: list[ChunkStream]) -> None:
-        self._pumps: dict[int, ChunkStream] = dict(enumerate(pumps))  # the live choices
-        self._pending: dict[asyncio.Task[list[EngineChunk] | None], int] = {}
-        self._ready: deque[Item] = deque()
+        self._loop = asyncio.get_running_loop()
+        self._ready: deque[tuple[int, list[EngineChunk] | Exception | None]] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self._live = len(pumps)
+        self.index = 0
+        self._readers = {
+            i: (pump, self._loop.create_task(self._read(i, pump))) for i, pump in enumerate(pumps)
+        }
 
-    async def next(self) -> Item:
+    async def _read(self, index: int, pump: ChunkStream) -> None:
         ready = self._ready
-        pending = self._pending
+        try:
+            while True:
+                try:
+                    batch = await pump.next_batch()
+                except Exception as exc:
+                    ready.append((index, exc))
+                    return
+                ready.append((index, batch))
+                self._wake()
+                if batch is None or (batch and batch[-1].final):
+                    return
+        finally:
+            self._live -= 1
+            self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def next_batch(self) -> list[EngineChunk] | None:
+        ready = self._ready
         while not ready:
-            reading = set(pending.values())
-            for i, pump in self._pumps.items():
-                if i not in reading:
-                    task = asyncio.ensure_future(pump.next_batch())
-                    task.add_done_callback(_retrieve)
-                    pending[task] = i
-            if not pending:
+            if not self._live:
                 raise RuntimeError("every choice has ended")  # run() stops before that
-            done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-            for task in sorted(done, key=pending.__getitem__):
-                i = pending.pop(task)
-                ready.append((i, task.result()))
-        return ready.popleft()
+            self._waiter = self._loop.create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        self.index, batch = ready.popleft()
+        if isinstance(batch, Exception):
+            raise batch
+        return batch
 
     def drop(self, index: int) -> None:
-        pump = self._pumps.pop(index, None)
-        if pump is not None:
+        reader = self._readers.pop(index, None)
+        if reader is not None:
+            pump, task = reader
+            task.cancel()
             pump.close()
-        for task, i in list(self._pending.items()):
-            if i == index:
-                del self._pending[task]
-                task.cancel()
+            if any(i == index for i, _ in self._ready):  # read ahead past its stop string
+                kept = [item for item in self._ready if item[0] != index]
+                self._ready.clear()
+                self._ready.extend(kept)
 
     def close(self) -> None:
-        for task in self._pending:
-            task.cancel()
-        self._pending.clear()
+        for index in list(self._readers):
+            self.drop(index)
         self._ready.clear()
-        pumps = list(self._pumps.values())
-        self._pumps.clear()
-        for pump in pumps:
-            pump.close()
 
 
 async def open_choices(ctx: Any, plan: Any, n: int) -> ChoiceStreams:

@@ -26,7 +26,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from trtllm_stack.proxy.choices import ChoiceStreams, Item, choice_count, merge, open_choices
+from trtllm_stack.proxy.choices import ChoiceStreams, choice_count, merge, open_choices
 from trtllm_stack.proxy.engine import ChunkStream, Engine, EngineLimits
 from trtllm_stack.proxy.errors import (
     InvalidRequest,
@@ -471,7 +471,7 @@ class RequestRunner(Generic[P]):
                 return json_response(200, result)
             # Wait for the first chunk before answering so that a backend that is down
             # gives a proper 503 instead of a 200 stream carrying an error.
-            first = await until_disconnect(request, streams.next())
+            first = await until_disconnect(request, streams.next_batch())
         except ClientGone:
             ctx.metrics.count_error("client_disconnected")
             abandon(streams, lease)
@@ -507,7 +507,12 @@ class RequestRunner(Generic[P]):
         }
 
     def _stream(
-        self, plan: P, streams: ChoiceStreams, first: Item, lease: Lease, n: int
+        self,
+        plan: P,
+        streams: ChoiceStreams,
+        first: list[EngineChunk] | None,
+        lease: Lease,
+        n: int,
     ) -> AsyncIterator[bytes]:
         head = self._head(plan)
         out: list[bytes] = []
@@ -518,7 +523,7 @@ class RequestRunner(Generic[P]):
         self, plan: P, streams: ChoiceStreams, lease: Lease, n: int
     ) -> dict[str, Any]:
         got = [Collected(self.pipeline(plan), plan.want_logprobs) for _ in range(n)]
-        first = await streams.next()
+        first = await streams.next_batch()
         async for _ in self.run(plan, streams, first, lease, got, [], None):
             pass  # a Collected sends nothing: run() only returns at the end
         replies = []
@@ -532,23 +537,31 @@ class RequestRunner(Generic[P]):
         self,
         plan: P,
         streams: ChoiceStreams,
-        item: Item,
+        batch: list[EngineChunk] | None,
         lease: Lease,
         sinks: Sequence[TokenSink],
         out: list[bytes],
         head: dict[str, Any] | None,
     ) -> AsyncIterator[bytes]:
-        """The per-token loop: read ``streams`` from ``item`` on, each choice's batches into
-        its sink, yielding what they wrote to ``out`` once per engine batch. A choice ends
-        on its final chunk or stop string (its engine request closed, its final chunk
-        written); the loop when all have. With ``head`` (a stream) it ends with the
-        stream's last bytes, an error event included, and releases the lease; without, it
-        raises the engine's failure as a ProxyError and leaves counting to the caller."""
+        """The per-token loop: read ``streams`` from ``batch`` (of choice
+        ``streams.index``) on, each choice's batches into its sink, yielding what they
+        wrote to ``out`` once per engine batch. A choice ends on its final chunk or stop
+        string (its engine request closed, its final chunk written); the loop when all
+        have. With ``head`` (a stream) it ends with the stream's last bytes, an error event
+        included, and releases the lease; without, it raises the engine's failure as a
+        ProxyError and leaves counting to the caller."""
         metrics = self.ctx.metrics
         stamp = plan.continuous_usage and head is not None
         prompt_tokens = plan.prompt_tokens
         n = len(sinks)
-        # Per choice: tokens so far, last token, time of the last batch, finish reason.
+        read = streams.next_batch
+        # The current choice's state lives in locals (n = 1: always); per choice: tokens
+        # so far, last token, time of its last batch, finish reason.
+        cur = streams.index
+        sink = sinks[cur]
+        n_out = 0
+        last = -1
+        last_at = 0.0
         counts = [0] * n
         lasts = [-1] * n
         last_ats = [0.0] * n
@@ -560,9 +573,11 @@ class RequestRunner(Generic[P]):
         try:
             try:
                 while True:
-                    i, batch = item
-                    sink = sinks[i]
-                    n_out = counts[i]
+                    if streams.index != cur:  # n > 1: switch to that choice's state
+                        counts[cur], lasts[cur], last_ats[cur] = n_out, last, last_at
+                        cur = streams.index
+                        sink = sinks[cur]
+                        n_out, last, last_at = counts[cur], lasts[cur], last_ats[cur]
                     if batch is not None:
                         ids = (
                             batch[0].token_ids
@@ -572,33 +587,35 @@ class RequestRunner(Generic[P]):
                         if ids:
                             now = time.perf_counter()
                             if n_out:
-                                metrics.inter_token.observe((now - last_ats[i]) / len(ids))
+                                metrics.inter_token.observe((now - last_at) / len(ids))
                             elif first_token:
                                 metrics.ttft.observe(now - lease.start)
                                 first_token = False
-                            last_ats[i] = now
+                            last_at = now
                             n_out += len(ids)
-                            counts[i] = n_out
-                            lasts[i] = ids[-1]
+                            last = ids[-1]
                             sink.push(ids, batch, out)
                     if batch is None or batch[-1].final or sink.stopped:
-                        streams.drop(i)
-                        finishes[i] = sink.finish(
+                        streams.drop(cur)
+                        finishes[cur] = sink.finish(
                             out,
                             "stop"
                             if sink.stopped
-                            else self.ctx.finish_reason(plan.engine_req, n_out, lasts[i]),
+                            else self.ctx.finish_reason(plan.engine_req, n_out, last),
                         )
+                        counts[cur] = n_out
                         live -= 1
-                    if stamp and out:
-                        # vLLM: each chunk carries its own choice's tokens so far.
-                        stamp_usage(out, prompt_tokens, n_out)
-                    if not live:
-                        break
+                        if not live:
+                            if stamp:
+                                stamp_usage(out, prompt_tokens, n_out)
+                            break
                     if out:
+                        if stamp:
+                            # vLLM: each chunk carries its own choice's tokens so far.
+                            stamp_usage(out, prompt_tokens, n_out)
                         yield b"".join(out)
                         out.clear()
-                    item = await streams.next()
+                    batch = await read()
             finally:
                 streams.close()
         except Exception as exc:
