@@ -205,6 +205,7 @@ async def test_engine_failure_on_one_choice_ends_the_stream_and_cancels_all(
     assert data[-1] == "[DONE]"
     assert json.loads(data[-2])["error"]["type"] == "server_error"
     assert all("error" not in json.loads(d) for d in data[:-2])
+    await asyncio.sleep(0.02)  # the cancelled generators finish their cleanup
     assert outcomes == {0: "cancelled", 1: "failed", 2: "cancelled"}
     assert ctx_of(client).in_flight == 0
 
@@ -260,3 +261,22 @@ async def test_each_choice_has_its_seed(client, engine, tokenizer, n):
     r = await client.post("/v1/chat/completions", json=chat(n=n, seed=SEED, stream=True))
     assert sorted(started) == list(range(n))  # seed + i, as for the non-stream reply
     assert sorted(by_choice(sse(r.text))) == list(range(n))
+
+
+async def test_backend_down_is_503_for_n_streams_too(client, engine):
+    engine.available = False
+    for stream in (False, True):
+        r = await client.post("/v1/chat/completions", json=chat(n=3, stream=stream))
+        assert r.status_code == 503
+        assert r.json()["error"]["code"] == "backend_unavailable"
+    assert ctx_of(client).in_flight == 0
+
+
+async def test_non_stream_failure_on_one_choice_cancels_the_others(client, engine, tokenizer):
+    long = " ".join(f"w{k}" for k in range(60))
+    outcomes = per_choice(engine, tokenizer, [long, long], fail=(0, 2))
+    r = await client.post("/v1/chat/completions", json=chat(n=2, seed=SEED))
+    assert r.status_code == 502 and r.json()["error"]["type"] == "server_error"
+    await asyncio.sleep(0.02)  # the cancelled generator finishes its cleanup
+    assert outcomes == {0: "failed", 1: "cancelled"}
+    assert ctx_of(client).in_flight == 0
