@@ -364,8 +364,8 @@ class TokenSink(Protocol):
 
 @dataclass(slots=True)
 class Collected:
-    """A whole generation read for a non-streaming reply: the same pipeline as the stream's
-    over the same ids, so both give the same reasoning, content and tool calls."""
+    """A whole generation read for a non-streaming reply, through the same pipeline as a
+    stream's (so the same reasoning, content and tool calls)."""
 
     pipeline: TextPipeline
     want_log_probs: bool
@@ -440,8 +440,8 @@ class RequestRunner(Generic[P]):
         """The non-stream JSON reply and its finish reason, from the collected output."""
         raise NotImplementedError
 
-    def pipeline(self, plan: P) -> TextPipeline:
-        """The request's text pipeline, the same for its stream and its JSON reply."""
+    def pipeline(self, plan: P, *, stream: bool) -> TextPipeline:
+        """The request's text pipeline: the same machine for its stream and its JSON reply."""
         return TextPipeline(self.ctx.tokenizer, stops=plan.stops)
 
     # -- the request path ------------------------------------------------------------------
@@ -516,7 +516,7 @@ class RequestRunner(Generic[P]):
         return self.run(plan, pump, first, lease, sink, out, head)
 
     async def _collect(self, plan: P, pump: ChunkStream, lease: Lease) -> dict[str, Any]:
-        got = Collected(self.pipeline(plan), plan.want_logprobs)
+        got = Collected(self.pipeline(plan, stream=False), plan.want_logprobs)
         first = await pump.next_batch()
         async for _ in self.run(plan, pump, first, lease, got, [], None):
             pass  # a Collected sends nothing: run() only returns at the end

@@ -114,7 +114,7 @@ class CompletionService(RequestRunner[Plan]):
 
     def stream_output(self, plan: Plan, head: dict[str, Any], out: list[bytes]) -> TextOutput:
         return TextOutput(
-            self.ctx.tokenizer, plan, ChunkTemplate(head, "text"), self.pipeline(plan)
+            self.ctx.tokenizer, plan, ChunkTemplate(head, "text"), self.pipeline(plan, stream=True)
         )
 
 
