@@ -7,6 +7,8 @@ is restarted per variant:
   in ``asyncio.to_thread`` above 16K characters), exported with ``git archive`` to a temp
   dir and run with PYTHONPATH pointing at it;
 - ``no-cache``: this tree with ``--prompt-cache-bytes 0`` (prompt thread, no cache);
+- ``nice-0``: this tree with ``--prompt-thread-nice 0`` (the prompt thread at the loop's
+  priority; not in the default ``--variants``);
 - ``after``: this tree with its defaults.
 
 Per variant: (1) TTFT of turn 10 of ``--conversations`` fresh ~28K-token conversations
@@ -323,6 +325,7 @@ def main() -> None:
         variants = {
             "before": (str(before_src / "python"), []),
             "no-cache": (None, ["--prompt-cache-bytes", "0"]),
+            "nice-0": (None, ["--prompt-thread-nice", "0"]),
             "after": (None, []),
         }
         repo = write_model_repository(

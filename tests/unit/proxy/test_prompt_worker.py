@@ -16,6 +16,7 @@ import asyncio
 import gc
 import json
 import logging
+import os
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -202,4 +203,25 @@ async def test_a_cancelled_request_does_not_start_its_prompt_job(tokenizer):
         assert ran == []
     finally:
         release.set()
+        work.close()
+
+
+async def test_prompt_threads_run_nicer_than_the_event_loop(tokenizer):
+    def niceness() -> int:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    loop_nice = niceness()
+    work = PromptWork(
+        tokenizer.backend_tokenizer,
+        cache_bytes=0,
+        inline_chars=0,
+        threads=1,
+        registry=CollectorRegistry(),
+        nice=10,
+    )
+    try:
+        # Per thread: the loop's own niceness is untouched.
+        assert await work.run(10, niceness) == min(19, loop_nice + 10)
+        assert niceness() == loop_nice
+    finally:
         work.close()
