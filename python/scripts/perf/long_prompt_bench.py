@@ -243,41 +243,36 @@ async def itl_run(
                 if window[0] <= a and b <= window[1]:
                     gaps.append((b - a) * 1000)
 
-    async def sender(session: aiohttp.ClientSession) -> None:
-        await asyncio.sleep(max(0.0, window[0] - time.perf_counter()))
-        for i, body in enumerate(bodies):
-            due = window[0] + i
-            if due > window[1]:
-                break
-            await asyncio.sleep(max(0.0, due - time.perf_counter()))
-            t = time.perf_counter()
-            async with session.post(
-                f"{url}/v1/chat/completions", data=body,
-                headers={"content-type": "application/json"},
-            ) as r:  # fmt: skip
-                await r.read()
-                r.raise_for_status()
-            long_lat.append((time.perf_counter() - t) * 1000)
+    async def via_proxy(session: aiohttp.ClientSession, i: int) -> None:
+        async with session.post(
+            f"{url}/v1/chat/completions", data=bodies[i],
+            headers={"content-type": "application/json"},
+        ) as r:  # fmt: skip
+            await r.read()
+            r.raise_for_status()
 
-    async def direct_sender() -> None:
+    async def straight_to_triton(session: aiohttp.ClientSession, i: int) -> None:
         assert engine is not None
-        await asyncio.sleep(max(0.0, window[0] - time.perf_counter()))
-        for i, req in enumerate(direct):
+        stream = await engine.open(direct[i], f"direct-long-{seed0}-{i}", timeout=60)
+        while await stream.next_batch() is not None:
+            pass
+        stream.close()
+
+    async def sender(session: aiohttp.ClientSession) -> None:
+        send = straight_to_triton if direct else via_proxy
+        for i in range(len(direct or bodies)):
             due = window[0] + i
             if due > window[1]:
                 break
             await asyncio.sleep(max(0.0, due - time.perf_counter()))
             t = time.perf_counter()
-            stream = await engine.open(req, f"direct-long-{seed0}-{i}", timeout=60)
-            while await stream.next_batch() is not None:
-                pass
-            stream.close()
+            await send(session, i)
             long_lat.append((time.perf_counter() - t) * 1000)
 
     conn = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=conn) as session:
         tasks = [asyncio.create_task(worker(session)) for _ in range(STREAMS)]
-        tasks.append(asyncio.create_task(direct_sender() if direct else sender(session)))
+        tasks.append(asyncio.create_task(sender(session)))
         try:
             await asyncio.gather(*tasks)
         finally:
