@@ -98,6 +98,7 @@ class ServingContext:
             cache_bytes=settings.prompt_cache_bytes,
             inline_chars=settings.prompt_inline_chars,
             threads=settings.prompt_threads,
+            nice=settings.prompt_thread_nice,
             registry=metrics.registry,
         )
 
@@ -365,8 +366,8 @@ class TokenSink(Protocol):
 
 @dataclass(slots=True)
 class Collected:
-    """A whole generation read for a non-streaming reply: the same pipeline as the stream's
-    over the same ids, so both give the same reasoning, content and tool calls."""
+    """A whole generation read for a non-streaming reply, through the same pipeline as a
+    stream's (so the same reasoning, content and tool calls)."""
 
     pipeline: TextPipeline
     want_log_probs: bool
@@ -443,8 +444,8 @@ class RequestRunner(Generic[P]):
         """The non-stream JSON reply (one choice) and its finish reason."""
         raise NotImplementedError
 
-    def pipeline(self, plan: P) -> TextPipeline:
-        """The request's text pipeline, the same for its stream and its JSON reply."""
+    def pipeline(self, plan: P, *, stream: bool) -> TextPipeline:
+        """The request's text pipeline: the same machine for its stream and its JSON reply."""
         return TextPipeline(self.ctx.tokenizer, stops=plan.stops)
 
     # -- the request path ------------------------------------------------------------------
@@ -522,7 +523,7 @@ class RequestRunner(Generic[P]):
     async def _collect(
         self, plan: P, streams: ChoiceStreams, lease: Lease, n: int
     ) -> dict[str, Any]:
-        got = [Collected(self.pipeline(plan), plan.want_logprobs) for _ in range(n)]
+        got = [Collected(self.pipeline(plan, stream=False), plan.want_logprobs) for _ in range(n)]
         first = await streams.next_batch()
         async for _ in self.run(plan, streams, first, lease, got, [], None):
             pass  # a Collected sends nothing: run() only returns at the end

@@ -248,7 +248,11 @@ class ChatService(RequestRunner[ChatPlan]):
 
     # -- non-streaming ---------------------------------------------------------------
 
-    def pipeline(self, plan: ChatPlan) -> TextPipeline:
+    def pipeline(self, plan: ChatPlan, *, stream: bool) -> TextPipeline:
+        # Not streamed, nothing has been sent, so tool calls are validated whole (buffered):
+        # a call that breaks is content, as in vLLM. For every valid call both modes give
+        # the same name and arguments text; a stream in incremental mode cannot take back a
+        # call whose name it sent, so only there a broken call stays a call.
         return TextPipeline(
             self.ctx.tokenizer,
             stops=plan.stops,
@@ -256,7 +260,7 @@ class ChatService(RequestRunner[ChatPlan]):
             thinking_enabled=plan.thinking_enabled,
             think_in_prompt=plan.think_in_prompt,
             tool_names=plan.tool_names,
-            tool_call_streaming=plan.tool_call_streaming,
+            tool_call_streaming=plan.tool_call_streaming if stream else "buffered",
         )
 
     def reply(self, plan: ChatPlan, got: Collected) -> tuple[dict[str, Any], str]:
@@ -311,7 +315,7 @@ class ChatService(RequestRunner[ChatPlan]):
     ) -> DeltaOutput:
         tpl = ChunkTemplate(head, "delta", index)
         out.append(tpl.chunk(b'{"role":"assistant","content":""}'))
-        return DeltaOutput(self.ctx, plan, tpl, self.pipeline(plan))
+        return DeltaOutput(self.ctx, plan, tpl, self.pipeline(plan, stream=True))
 
 
 class DeltaOutput:

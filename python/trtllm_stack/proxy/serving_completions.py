@@ -116,7 +116,10 @@ class CompletionService(RequestRunner[Plan]):
         self, plan: Plan, head: dict[str, Any], out: list[bytes], index: int
     ) -> TextOutput:
         return TextOutput(
-            self.ctx.tokenizer, plan, ChunkTemplate(head, "text", index), self.pipeline(plan)
+            self.ctx.tokenizer,
+            plan,
+            ChunkTemplate(head, "text", index),
+            self.pipeline(plan, stream=True),
         )
 
 

@@ -32,12 +32,12 @@ calls, :attr:`truncated` says the stream ended inside one (the proxy then report
 finish_reason ``length`` if the engine stopped at max_tokens), and a warning is logged
 (index and reason only, no text).
 
-The proxy's non-streaming reply runs the same machine, in the same mode, over the same ids
-(``text/pipeline.py``), so it returns exactly what the stream sent, a broken call included.
-:func:`parse_tool_calls` is the buffered machine over a whole text (for text without tag
-tokens): there nothing has been sent, so a broken block is content; for every valid block
-it agrees with either streaming mode (same name, fragments concatenating to the same
-arguments text).
+:func:`parse_tool_calls` (non-streaming, over a whole text) and the proxy's non-streaming
+reply (the same pipeline over the same ids, ``text/pipeline.py``) run the machine in
+buffered mode: nothing has been sent yet, so a broken block is always content there. For
+every valid block the streaming deltas of either mode and the non-streaming result agree
+(same name, and the fragments concatenate to the same arguments text); they differ only for
+a block that broke after its name was streamed.
 
 The closing tag is recognised outside JSON strings only, so ``"</tool_call>"`` inside an
 argument value does not end the block. Brace/string state is tracked incrementally over

@@ -235,7 +235,7 @@ def collect_tool_calls(chunks) -> tuple[dict[int, list], str | None, str]:
 LONG_TOOL_REPLY = (
     "<tool_call>\n"
     '{"name": "get_weather", "arguments": {"city": "Paris", "note": "a \\"quoted\\" }'
-    ' brace and </tool_call> inside", "days": [1, 2, 3]}}\n</tool_call>\n'
+    ' brace and <b>tags</b> inside", "days": [1, 2, 3]}}\n</tool_call>\n'
     "<tool_call>\n"
     '{"name": "get_weather", "arguments": {"city": "東京 😀"}}\n</tool_call>'
 )
@@ -254,7 +254,7 @@ def test_tool_call_arguments_stream_in_fragments(triton_factory, proxy_factory, 
     ]
     # The model's own arguments text, verbatim.
     assert [a for _, a in expected] == [
-        '{"city": "Paris", "note": "a \\"quoted\\" } brace and </tool_call> inside",'
+        '{"city": "Paris", "note": "a \\"quoted\\" } brace and <b>tags</b> inside",'
         ' "days": [1, 2, 3]}',
         '{"city": "東京 😀"}',
     ]
@@ -350,6 +350,64 @@ def test_broken_tool_call_comes_back_as_content(client):
     assert out.choices[0].finish_reason == "stop"
     assert out.choices[0].message.tool_calls is None
     assert out.choices[0].message.content == text
+
+
+def _stream_and_whole(client, text: str, **kwargs):
+    """(streamed reasoning, content, calls, finish) and the non-streamed message/finish."""
+    deltas = client.chat.completions.create(
+        model="qwen3", messages=reply(text), stream=True, **kwargs
+    )
+    reasoning = content = ""
+    calls: dict[int, list[str]] = {}
+    finish = None
+    for chunk in deltas:
+        choice = chunk.choices[0]
+        reasoning += (choice.delta.model_extra or {}).get("reasoning_content") or ""
+        content += choice.delta.content or ""
+        for tc in choice.delta.tool_calls or []:
+            entry = calls.setdefault(tc.index, ["", ""])
+            entry[0] += tc.function.name or ""
+            entry[1] += tc.function.arguments or ""
+        finish = choice.finish_reason or finish
+    whole = client.chat.completions.create(model="qwen3", messages=reply(text), **kwargs)
+    return (reasoning, content, [tuple(calls[i]) for i in sorted(calls)], finish), whole.choices[0]
+
+
+def test_tags_are_the_model_tokens_newline_before_think(client):
+    # The scripted engine emits "<think>" as its token after a newline token.
+    streamed, whole = _stream_and_whole(client, "\n<think>\nfirst a newline\n</think>\n\nthen this")
+    assert streamed == ("first a newline", "then this", [], "stop")
+    assert whole.message.model_extra["reasoning_content"] == "first a newline"
+    assert whole.message.content == "then this"
+
+
+def test_unbalanced_quote_does_not_swallow_the_next_call(client):
+    broken = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Pa}}\n</tool_call>'
+    good = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Rome"}}\n</tool_call>'
+    streamed, whole = _stream_and_whole(client, broken + "\n" + good, tools=[WEATHER_TOOL])
+    # The </tool_call> token ends the first block although its string never closed; the
+    # second call is intact. The stream had sent the first call's name: it stays a call.
+    assert streamed[2] == [
+        ("get_weather", '{"city": "Pa}}\n'),
+        ("get_weather", '{"city": "Rome"}'),
+    ]
+    assert streamed[3] == "tool_calls"
+    # Not streamed, the broken block is validated whole first: content; the good one a call.
+    assert [(t.function.name, t.function.arguments) for t in whole.message.tool_calls] == [
+        ("get_weather", '{"city": "Rome"}')
+    ]
+    assert whole.message.content == broken
+    assert whole.finish_reason == "tool_calls"
+
+
+def test_missing_close_tag_between_two_calls_keeps_both(client):
+    first = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo"}}\n'
+    second = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Rome"}}\n</tool_call>'
+    streamed, whole = _stream_and_whole(client, first + second, tools=[WEATHER_TOOL])
+    expected = [("get_weather", '{"city": "Oslo"}'), ("get_weather", '{"city": "Rome"}')]
+    assert streamed[2] == expected and streamed[3] == "tool_calls"
+    assert [(t.function.name, t.function.arguments) for t in whole.message.tool_calls] == expected
+    assert not whole.message.content
 
 
 def test_tool_result_round_trip(client):
