@@ -7,14 +7,19 @@ is restarted per variant:
   in ``asyncio.to_thread`` above 16K characters), exported with ``git archive`` to a temp
   dir and run with PYTHONPATH pointing at it;
 - ``no-cache``: this tree with ``--prompt-cache-bytes 0`` (prompt thread, no cache);
+- ``nice-0``: this tree with ``--prompt-thread-nice 0`` (the prompt thread at the loop's
+  priority; not in the default ``--variants``);
 - ``after``: this tree with its defaults.
 
 Per variant: (1) TTFT of turn 10 of ``--conversations`` fresh ~28K-token conversations
 (turns 1..9 sent first, as a client would), minus the TTFT of the same token ids sent
 straight to Triton; (2) inter-token latency of 32 running streams for ``--duration`` s
 without long prompts, then (3) the same while a fresh ~28K-token prompt (turn 10 of a new
-conversation: every block a cache miss) arrives once per second. ``--repeat`` runs the
-variants again, interleaved, so that before/after share the same minutes of box load.
+conversation: every block a cache miss) arrives once per second; with
+``--direct-long-prompts``, (4) the same while those prompts' token ids go straight to
+Triton instead (the floor: what the box and the engine stand-in cost the streams without
+any proxy work). ``--repeat`` runs the variants again, interleaved, so that before/after
+share the same minutes of box load.
 
 Run from the repo root (takes ~4 min per repeat):
     python python/scripts/perf/long_prompt_bench.py --repeat 2 \
@@ -200,17 +205,36 @@ async def direct_ttfts(grpc_url: str, tok: Any, seeds: list[int]) -> list[float]
     return out
 
 
-async def itl_run(url: str, duration: float, long_prompts: bool, seed0: int) -> dict[str, Any]:
+def direct_request(tok: Any, messages: list[dict[str, Any]]) -> EngineRequest:
+    """The engine request the proxy would send for ``messages`` (1 output token)."""
+    text = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    ids = tok.backend_tokenizer.encode(text, add_special_tokens=False).ids
+    return EngineRequest(
+        prompt_ids=ids, max_tokens=1, end_id=tok.eos_token_id, pad_id=tok.eos_token_id,
+        streaming=True,
+    )  # fmt: skip
+
+
+async def itl_run(
+    url: str, duration: float, long_prompts: str | None, seed0: int, grpc_url: str, tok: Any
+) -> dict[str, Any]:
+    """ITL of 32 proxy streams; ``long_prompts``: None (calm), "proxy" (a fresh ~28K-token
+    chat per second through the proxy) or "direct" (the same prompts' ids straight to
+    Triton: what the box and the engine stand-in cost the streams, without proxy work)."""
     short = chat_body([{"role": "user", "content": "Tell me about Triton."}], 1000, True)
     # Streams end on their own (the scripted reply's length); workers start the next one.
     stop_at = time.perf_counter() + duration + 3
     window = (time.perf_counter() + 3, time.perf_counter() + 3 + duration)
     gaps: list[float] = []
     long_lat: list[float] = []
-    bodies = [
-        chat_body(conversation(10, seed=seed0 + i, doc_words=DOC_WORDS)[0], 1, False)
-        for i in range(int(duration) + 1)
-    ] if long_prompts else []  # fmt: skip
+    chats = (
+        [conversation(10, seed=seed0 + i, doc_words=DOC_WORDS)[0] for i in range(int(duration) + 1)]
+        if long_prompts else []
+    )  # fmt: skip
+    bodies = [chat_body(m, 1, False) for m in chats] if long_prompts == "proxy" else []
+    # Tokenized before the window, so the load generator does not tokenize during it.
+    direct = [direct_request(tok, m) for m in chats] if long_prompts == "direct" else []
+    engine = EngineClient(grpc_url) if direct else None
 
     async def worker(session: aiohttp.ClientSession) -> None:
         while time.perf_counter() < stop_at:
@@ -219,27 +243,41 @@ async def itl_run(url: str, duration: float, long_prompts: bool, seed0: int) -> 
                 if window[0] <= a and b <= window[1]:
                     gaps.append((b - a) * 1000)
 
+    async def via_proxy(session: aiohttp.ClientSession, i: int) -> None:
+        async with session.post(
+            f"{url}/v1/chat/completions", data=bodies[i],
+            headers={"content-type": "application/json"},
+        ) as r:  # fmt: skip
+            await r.read()
+            r.raise_for_status()
+
+    async def straight_to_triton(session: aiohttp.ClientSession, i: int) -> None:
+        assert engine is not None
+        stream = await engine.open(direct[i], f"direct-long-{seed0}-{i}", timeout=60)
+        while await stream.next_batch() is not None:
+            pass
+        stream.close()
+
     async def sender(session: aiohttp.ClientSession) -> None:
-        await asyncio.sleep(max(0.0, window[0] - time.perf_counter()))
-        for i, body in enumerate(bodies):
+        send = straight_to_triton if direct else via_proxy
+        for i in range(len(direct or bodies)):
             due = window[0] + i
             if due > window[1]:
                 break
             await asyncio.sleep(max(0.0, due - time.perf_counter()))
             t = time.perf_counter()
-            async with session.post(
-                f"{url}/v1/chat/completions", data=body,
-                headers={"content-type": "application/json"},
-            ) as r:  # fmt: skip
-                await r.read()
-                r.raise_for_status()
+            await send(session, i)
             long_lat.append((time.perf_counter() - t) * 1000)
 
     conn = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=conn) as session:
         tasks = [asyncio.create_task(worker(session)) for _ in range(STREAMS)]
         tasks.append(asyncio.create_task(sender(session)))
-        await asyncio.gather(*tasks)
+        try:
+            await asyncio.gather(*tasks)
+        finally:
+            if engine is not None:
+                await engine.close()
     return {
         "long_prompts": long_prompts,
         "itl_samples": len(gaps),
@@ -258,6 +296,11 @@ def main() -> None:
     ap.add_argument("--conversations", type=int, default=6)
     ap.add_argument("--repeat", type=int, default=1)
     ap.add_argument("--variants", default="before,no-cache,after")
+    ap.add_argument(
+        "--direct-long-prompts",
+        action="store_true",
+        help="also measure ITL while the long prompts go straight to Triton (the floor)",
+    )
     ap.add_argument("-o", "--out", type=Path)
     args = ap.parse_args()
     # SIGTERM/SIGHUP unwind like Ctrl-C, so that the proxy and tritonserver are stopped.
@@ -277,6 +320,7 @@ def main() -> None:
         variants = {
             "before": (str(before_src / "python"), []),
             "no-cache": (None, ["--prompt-cache-bytes", "0"]),
+            "nice-0": (None, ["--prompt-thread-nice", "0"]),
             "after": (None, []),
         }
         repo = write_model_repository(
@@ -299,11 +343,20 @@ def main() -> None:
                         base = 10_000 * (rep + 1) + 100 * list(variants).index(name)
                         seeds = [base + i for i in range(args.conversations)]
                         t10 = asyncio.run(turn10_ttfts(url, seeds))
-                        calm = asyncio.run(itl_run(url, args.duration, False, base + 50))
-                        busy = asyncio.run(itl_run(url, args.duration, True, base + 50))
+                        grpc = endpoints.grpc_url
+                        calm = asyncio.run(itl_run(url, args.duration, None, base + 50, grpc, tok))
+                        busy = asyncio.run(
+                            itl_run(url, args.duration, "proxy", base + 50, grpc, tok)
+                        )
+                        floor = (
+                            asyncio.run(itl_run(url, args.duration, "direct", base + 70, grpc, tok))
+                            if args.direct_long_prompts
+                            else None
+                        )
                     run = {
                         "variant": name, "repeat": rep, "load_avg": os.getloadavg()[0],
                         "turn10": t10, "itl_calm": calm, "itl_long": busy,
+                        "itl_long_direct": floor,
                     }  # fmt: skip
                     results["runs"].append(run)
                     t = t10["ttft_ms"]
@@ -315,7 +368,13 @@ def main() -> None:
                         f" | ITL p50/p99/max calm {calm['itl_p50_ms']:.1f}/{calm['itl_p99_ms']:.1f}"
                         f"/{calm['itl_max_ms']:.1f} with long prompts {busy['itl_p50_ms']:.1f}"
                         f"/{busy['itl_p99_ms']:.1f}/{busy['itl_max_ms']:.1f}"
-                        f" ({busy['long_prompt_requests']} long prompts)",
+                        f" ({busy['long_prompt_requests']} long prompts)"
+                        + (
+                            f" | long prompts straight to Triton {floor['itl_p50_ms']:.1f}"
+                            f"/{floor['itl_p99_ms']:.1f}/{floor['itl_max_ms']:.1f}"
+                            if floor
+                            else ""
+                        ),
                         flush=True,
                     )
         finally:

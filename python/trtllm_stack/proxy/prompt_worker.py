@@ -16,7 +16,9 @@ whole template + encode costs less than handing it to a thread and back.
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
+import threading
 import time
 from array import array
 from collections.abc import Callable, Iterator
@@ -47,6 +49,7 @@ class PromptWork:
         inline_chars: int,
         threads: int,
         registry: CollectorRegistry,
+        nice: int = 0,
     ) -> None:
         self.cache = BlockTokenCache(backend, cache_bytes)
         self.inline_chars = inline_chars
@@ -55,7 +58,12 @@ class PromptWork:
         # that wait; the extra hand-offs only happen while both threads want the GIL.
         if sys.getswitchinterval() > _SWITCH_INTERVAL:
             sys.setswitchinterval(_SWITCH_INTERVAL)
-        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="trtllm-prompt")
+        self._pool = ThreadPoolExecutor(
+            max_workers=threads,
+            thread_name_prefix="trtllm-prompt",
+            initializer=_lower_priority,
+            initargs=(nice,),
+        )
         self.seconds = Histogram(
             "trtllm_proxy_prompt_seconds",
             "Chat template + tokenization of one prompt, by where it ran (inline: on the"
@@ -90,6 +98,20 @@ class PromptWork:
     def close(self) -> None:
         # Threads cannot outlive the process; this only stops queued jobs from starting.
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _lower_priority(nice: int) -> None:
+    """Runs in each prompt thread: raise its niceness by ``nice``. Linux schedules threads
+    one by one, so only this thread yields: with as many busy threads as cores (the event
+    loop, the engine, a long prompt's encode), the loop keeps its share and tokens keep
+    flowing while the encode takes what is left (measured in docs/bench.md)."""
+    if nice <= 0 or not hasattr(os, "setpriority"):
+        return
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + nice)
+    except OSError:
+        pass  # not permitted (a sandbox): the thread runs at the process's priority
 
 
 class _CacheCollector:

@@ -98,6 +98,7 @@ class ServingContext:
             cache_bytes=settings.prompt_cache_bytes,
             inline_chars=settings.prompt_inline_chars,
             threads=settings.prompt_threads,
+            nice=settings.prompt_thread_nice,
             registry=metrics.registry,
         )
 

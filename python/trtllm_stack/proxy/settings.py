@@ -154,6 +154,13 @@ class ProxySettings(BaseSettings):
     prompt_threads: int = Field(
         default=1, ge=1, le=64, description="threads that template and tokenize long prompts"
     )
+    prompt_thread_nice: int = Field(
+        default=10,
+        ge=0,
+        le=19,
+        description="scheduling niceness of the prompt threads (Linux, per thread): a long"
+        " prompt's tokenization yields the CPU to running streams when cores are short",
+    )
     log_level: str = Field(default="info", description="uvicorn log level")
     workers: int = Field(
         default=1,

@@ -16,6 +16,7 @@ import asyncio
 import gc
 import json
 import logging
+import os
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -172,14 +173,20 @@ async def test_no_prompt_text_in_logs(make_client, long_engine, caplog):
     assert all(secret not in rec.getMessage() for rec in caplog.records)
 
 
-async def test_a_cancelled_request_does_not_start_its_prompt_job(tokenizer):
-    work = PromptWork(
+def thread_only(tokenizer: Any, nice: int = 0) -> PromptWork:
+    """Every prompt in the (one) prompt thread, no cache."""
+    return PromptWork(
         tokenizer.backend_tokenizer,
         cache_bytes=0,
         inline_chars=0,
         threads=1,
         registry=CollectorRegistry(),
+        nice=nice,
     )
+
+
+async def test_a_cancelled_request_does_not_start_its_prompt_job(tokenizer):
+    work = thread_only(tokenizer)
     release = threading.Event()
     ran: list[str] = []
 
@@ -202,4 +209,18 @@ async def test_a_cancelled_request_does_not_start_its_prompt_job(tokenizer):
         assert ran == []
     finally:
         release.set()
+        work.close()
+
+
+async def test_prompt_threads_run_nicer_than_the_event_loop(tokenizer):
+    def niceness() -> int:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    loop_nice = niceness()
+    work = thread_only(tokenizer, nice=10)
+    try:
+        # Per thread: the loop's own niceness is untouched.
+        assert await work.run(10, niceness) == min(19, loop_nice + 10)
+        assert niceness() == loop_nice
+    finally:
         work.close()
