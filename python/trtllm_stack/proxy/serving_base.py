@@ -2,11 +2,12 @@
 :class:`RequestRunner`, the one request path for both (as SGLang's serving_base):
 
     handle(): count -> plan() [endpoint: validate, prompt ids, EngineRequest] -> admit ->
-    engine.open -> stream: first batch, then SSE from run() with stream_output()
-                   non-stream: run() into a Collected, then reply() [endpoint: the JSON]
+    engine.open (n requests for n choices, choices.py) ->
+        stream: first batch, then SSE from run() with one stream_output() per choice
+        non-stream: run() into one Collected per choice, then reply() [endpoint: the JSON]
 
 :meth:`RequestRunner.run` is the only per-token loop: TTFT/ITL metrics, token counts,
-flushing, the engine stream's close, the finish reason and the endings (error event,
+flushing, the engine streams' close, the finish reasons and the endings (error event,
 usage chunk, ``[DONE]``, counters, lease release) for all four kinds of reply.
 """
 
@@ -25,7 +26,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from trtllm_stack.proxy.choices import check_n, serve_n
+from trtllm_stack.proxy.choices import ChoiceStreams, choice_count, merge, open_choices
 from trtllm_stack.proxy.engine import ChunkStream, Engine, EngineLimits
 from trtllm_stack.proxy.errors import (
     InvalidRequest,
@@ -409,9 +410,9 @@ class Collected:
             self.tool_deltas.extend(deltas)
 
 
-def abandon(pump: ChunkStream | None, lease: Lease) -> None:
-    if pump is not None:
-        pump.close()
+def abandon(streams: ChoiceStreams | None, lease: Lease) -> None:
+    if streams is not None:
+        streams.close()
     lease.release()
 
 
@@ -435,12 +436,14 @@ class RequestRunner(Generic[P]):
         """Validate the body and turn it into an engine request (raise ProxyError)."""
         raise NotImplementedError
 
-    def stream_output(self, plan: P, head: dict[str, Any], out: list[bytes]) -> TokenSink:
-        """The SSE formatter of one stream; may append opening chunks to ``out``."""
+    def stream_output(
+        self, plan: P, head: dict[str, Any], out: list[bytes], index: int
+    ) -> TokenSink:
+        """The SSE formatter of choice ``index``; may append opening chunks to ``out``."""
         raise NotImplementedError
 
     def reply(self, plan: P, got: Collected) -> tuple[dict[str, Any], str]:
-        """The non-stream JSON reply and its finish reason, from the collected output."""
+        """The non-stream JSON reply (one choice) and its finish reason."""
         raise NotImplementedError
 
     def pipeline(self, plan: P, *, stream: bool) -> TextPipeline:
@@ -450,9 +453,9 @@ class RequestRunner(Generic[P]):
     # -- the request path ------------------------------------------------------------------
 
     async def handle(self, request: Request, body: Any) -> Response:
-        """Count, plan, admit, start the engine request, answer as JSON or SSE.
+        """Count, plan, admit, start the engine request(s), answer as JSON or SSE.
 
-        The engine stream and the lease are released on every path.
+        The engine streams and the lease are released on every path.
         """
         from trtllm_stack.proxy.sse import SSEResponse
 
@@ -460,43 +463,39 @@ class RequestRunner(Generic[P]):
         ctx.metrics.requests.labels(self.endpoint).inc()
         plan = await self.plan(body)
         ctx.metrics.prompt_tokens.inc(plan.prompt_tokens)
-        n = check_n(getattr(body, "n", 1), bool(body.stream))
-        if n > 1:
-            return await serve_n(
-                ctx, request, plan, n, lambda pump, lease: self._collect(plan, pump, lease)
-            )
+        n = choice_count(getattr(body, "n", 1))
         lease = ctx.admit()
-        pump: ChunkStream | None = None
+        streams: ChoiceStreams | None = None
         try:
-            pump = await ctx.start(plan.engine_req, plan.request_id)
+            streams = await open_choices(ctx, plan, n)
             if not body.stream:
-                result = await until_disconnect(request, self._collect(plan, pump, lease))
-                abandon(pump, lease)
+                result = await until_disconnect(request, self._collect(plan, streams, lease, n))
+                abandon(streams, lease)
                 return json_response(200, result)
             # Wait for the first chunk before answering so that a backend that is down
             # gives a proper 503 instead of a 200 stream carrying an error.
-            first = await until_disconnect(request, pump.next_batch())
+            first = await until_disconnect(request, streams.next_batch())
         except ClientGone:
             ctx.metrics.count_error("client_disconnected")
-            abandon(pump, lease)
+            abandon(streams, lease)
             return Response(status_code=499)
         except ProxyError:
-            abandon(pump, lease)
+            abandon(streams, lease)
             raise
         except Exception as exc:
-            abandon(pump, lease)
+            abandon(streams, lease)
             raise engine_failure(exc) from None
         except BaseException:
-            abandon(pump, lease)
+            abandon(streams, lease)
             raise
-        owned_pump = pump
+        owned = streams
 
         def cleanup() -> None:
-            owned_pump.close()
+            owned.close()
             lease.release()
 
         return SSEResponse(
-            self._stream(plan, owned_pump, first, lease),
+            self._stream(plan, owned, first, lease, n),
             cleanup,
             ctx.settings.send_timeout,
             on_abandon=ctx.metrics.count_error,
@@ -511,89 +510,131 @@ class RequestRunner(Generic[P]):
         }
 
     def _stream(
-        self, plan: P, pump: ChunkStream, first: list[EngineChunk] | None, lease: Lease
+        self,
+        plan: P,
+        streams: ChoiceStreams,
+        first: list[EngineChunk] | None,
+        lease: Lease,
+        n: int,
     ) -> AsyncIterator[bytes]:
         head = self._head(plan)
         out: list[bytes] = []
-        sink = self.stream_output(plan, head, out)
-        return self.run(plan, pump, first, lease, sink, out, head)
+        sinks = [self.stream_output(plan, head, out, i) for i in range(n)]
+        return self.run(plan, streams, first, lease, sinks, out, head)
 
-    async def _collect(self, plan: P, pump: ChunkStream, lease: Lease) -> dict[str, Any]:
-        got = Collected(self.pipeline(plan, stream=False), plan.want_logprobs)
-        first = await pump.next_batch()
-        async for _ in self.run(plan, pump, first, lease, got, [], None):
+    async def _collect(
+        self, plan: P, streams: ChoiceStreams, lease: Lease, n: int
+    ) -> dict[str, Any]:
+        got = [Collected(self.pipeline(plan, stream=False), plan.want_logprobs) for _ in range(n)]
+        first = await streams.next_batch()
+        async for _ in self.run(plan, streams, first, lease, got, [], None):
             pass  # a Collected sends nothing: run() only returns at the end
-        result, finish = self.reply(plan, got)
-        count_finished(self.ctx, got.completion_tokens, finish)
-        return result
+        replies = []
+        for g in got:
+            result, finish = self.reply(plan, g)
+            count_finished(self.ctx, g.completion_tokens, finish)
+            replies.append(result)
+        return replies[0] if n == 1 else merge(replies)
 
     async def run(
         self,
         plan: P,
-        pump: ChunkStream,
+        streams: ChoiceStreams,
         batch: list[EngineChunk] | None,
         lease: Lease,
-        sink: TokenSink,
+        sinks: Sequence[TokenSink],
         out: list[bytes],
         head: dict[str, Any] | None,
     ) -> AsyncIterator[bytes]:
-        """The per-token loop: read ``pump`` from ``batch`` on into ``sink``, yielding what
-        it wrote to ``out`` once per engine batch. With ``head`` (a stream) it ends with the
-        stream's last bytes, an error event included, and releases the lease; without, it
-        raises the engine's failure as a ProxyError and leaves counting to the caller."""
+        """The per-token loop: read ``streams`` from ``batch`` (of choice
+        ``streams.index``) on, each choice's batches into its sink, yielding what they
+        wrote to ``out`` once per engine batch. A choice ends on its final chunk or stop
+        string (its engine request closed, its final chunk written); the loop when all
+        have. With ``head`` (a stream) it ends with the stream's last bytes, an error event
+        included, and releases the lease; without, it raises the engine's failure as a
+        ProxyError and leaves counting to the caller."""
         metrics = self.ctx.metrics
         stamp = plan.continuous_usage and head is not None
+        prompt_tokens = plan.prompt_tokens
+        n = len(sinks)
+        read = streams.next_batch
+        # The current choice's state lives in locals (n = 1: always); per choice: tokens
+        # so far, last token, time of its last batch, finish reason.
+        cur = streams.index
+        sink = sinks[cur]
         n_out = 0
         last = -1
         last_at = 0.0
+        counts = [0] * n
+        lasts = [-1] * n
+        last_ats = [0.0] * n
+        finishes = [""] * n
+        live = n
+        first_token = True
+        if stamp and out:
+            stamp_usage(out, prompt_tokens, 0)  # the role chunks (vLLM: 0 tokens)
         try:
             try:
-                while batch is not None:
-                    ids = (
-                        batch[0].token_ids
-                        if len(batch) == 1
-                        else [t for c in batch for t in c.token_ids]
-                    )
-                    if ids:
-                        now = time.perf_counter()
-                        if n_out == 0:
-                            metrics.ttft.observe(now - lease.start)
-                        else:
-                            metrics.inter_token.observe((now - last_at) / len(ids))
-                        last_at = now
-                        n_out += len(ids)
-                        last = ids[-1]
-                        sink.push(ids, batch, out)
-                    if batch[-1].final or sink.stopped:
-                        break
+                while True:
+                    if streams.index != cur:  # n > 1: switch to that choice's state
+                        counts[cur], lasts[cur], last_ats[cur] = n_out, last, last_at
+                        cur = streams.index
+                        sink = sinks[cur]
+                        n_out, last, last_at = counts[cur], lasts[cur], last_ats[cur]
+                    if batch is not None:
+                        ids = (
+                            batch[0].token_ids
+                            if len(batch) == 1
+                            else [t for c in batch for t in c.token_ids]
+                        )
+                        if ids:
+                            now = time.perf_counter()
+                            if n_out:
+                                metrics.inter_token.observe((now - last_at) / len(ids))
+                            elif first_token:
+                                metrics.ttft.observe(now - lease.start)
+                                first_token = False
+                            last_at = now
+                            n_out += len(ids)
+                            last = ids[-1]
+                            sink.push(ids, batch, out)
+                    if batch is None or batch[-1].final or sink.stopped:
+                        streams.drop(cur)
+                        finishes[cur] = sink.finish(
+                            out,
+                            "stop"
+                            if sink.stopped
+                            else self.ctx.finish_reason(plan.engine_req, n_out, last),
+                        )
+                        counts[cur] = n_out
+                        live -= 1
+                        if not live:
+                            if stamp:
+                                stamp_usage(out, prompt_tokens, n_out)
+                            break
                     if out:
                         if stamp:
-                            stamp_usage(out, plan.prompt_tokens, n_out)
+                            # vLLM: each chunk carries its own choice's tokens so far.
+                            stamp_usage(out, prompt_tokens, n_out)
                         yield b"".join(out)
                         out.clear()
-                    batch = await pump.next_batch()
+                    batch = await read()
             finally:
-                pump.close()
+                streams.close()
         except Exception as exc:
             if head is None:
                 raise engine_failure(exc) from None
             yield stream_failed(self.ctx, exc, out, lease)
             return
-        length_or_stop = (
-            "stop" if sink.stopped else self.ctx.finish_reason(plan.engine_req, n_out, last)
-        )
-        finish = sink.finish(out, length_or_stop)
-        if stamp:
-            stamp_usage(out, plan.prompt_tokens, n_out)
         if head is not None:
             yield stream_finished(
                 self.ctx,
                 out,
                 head,
-                prompt_tokens=plan.prompt_tokens,
-                completion_tokens=n_out,
+                prompt_tokens=prompt_tokens,
+                completion_tokens=counts,
                 include_usage=plan.include_usage,
-                finish=finish,
+                finishes=finishes,
                 lease=lease,
             )
 
@@ -615,17 +656,20 @@ def stream_finished(
     head: dict[str, Any],
     *,
     prompt_tokens: int,
-    completion_tokens: int,
+    completion_tokens: Sequence[int],
     include_usage: bool,
-    finish: str,
+    finishes: Sequence[str],
     lease: Lease,
 ) -> bytes:
     """The last bytes of a stream that ended normally: what was pending (with the final
-    chunk), the usage chunk when asked for, ``[DONE]``. Counts and releases the lease."""
+    chunks), the usage chunk when asked for (one, all choices summed, the prompt once),
+    ``[DONE]``. Counts each choice and releases the lease."""
     if include_usage:
-        out.append(event({**head, "choices": [], "usage": usage(prompt_tokens, completion_tokens)}))
+        total = sum(completion_tokens)
+        out.append(event({**head, "choices": [], "usage": usage(prompt_tokens, total)}))
     out.append(DONE)
-    count_finished(ctx, completion_tokens, finish)
+    for tokens, finish in zip(completion_tokens, finishes, strict=True):
+        count_finished(ctx, tokens, finish)
     lease.release()
     return b"".join(out)
 

@@ -310,14 +310,16 @@ class ChatService(RequestRunner[ChatPlan]):
 
     # -- streaming -------------------------------------------------------------------
 
-    def stream_output(self, plan: ChatPlan, head: dict[str, Any], out: list[bytes]) -> DeltaOutput:
-        tpl = ChunkTemplate(head, "delta")
+    def stream_output(
+        self, plan: ChatPlan, head: dict[str, Any], out: list[bytes], index: int
+    ) -> DeltaOutput:
+        tpl = ChunkTemplate(head, "delta", index)
         out.append(tpl.chunk(b'{"role":"assistant","content":""}'))
         return DeltaOutput(self.ctx, plan, tpl, self.pipeline(plan, stream=True))
 
 
 class DeltaOutput:
-    """Chat stream chunks: ``choices[0].delta`` with reasoning, content and tool calls."""
+    """One choice's chat stream chunks: ``delta`` with reasoning, content and tool calls."""
 
     __slots__ = ("_ctx", "_pipeline", "_plan", "_rkeys", "_shaper", "_tpl")
 

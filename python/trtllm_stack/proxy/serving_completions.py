@@ -112,14 +112,19 @@ class CompletionService(RequestRunner[Plan]):
         }
         return result, got.finish_reason
 
-    def stream_output(self, plan: Plan, head: dict[str, Any], out: list[bytes]) -> TextOutput:
+    def stream_output(
+        self, plan: Plan, head: dict[str, Any], out: list[bytes], index: int
+    ) -> TextOutput:
         return TextOutput(
-            self.ctx.tokenizer, plan, ChunkTemplate(head, "text"), self.pipeline(plan, stream=True)
+            self.ctx.tokenizer,
+            plan,
+            ChunkTemplate(head, "text", index),
+            self.pipeline(plan, stream=True),
         )
 
 
 class TextOutput:
-    """Completion stream chunks: ``choices[0].text`` (and token logprobs when asked)."""
+    """One choice's completion stream chunks: ``text`` (and token logprobs when asked)."""
 
     __slots__ = ("_offset", "_pipeline", "_tokenizer", "_tpl", "_want_logprobs")
 

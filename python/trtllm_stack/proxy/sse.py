@@ -34,17 +34,24 @@ def error_event(body: dict[str, Any]) -> bytes:
 
 
 class ChunkTemplate:
-    """``data: {<head>,"choices":[{"index":0,<field>:<value>,"logprobs":..,"finish_reason":..}]}``
+    """``data: {<head>,"choices":[{"index":i,<field>:<value>,"logprobs":..,"finish_reason":..}]}``
 
     ``head`` (id, object, created, model) is serialised once per stream; ``field`` is
-    ``delta`` for chat and ``text`` for text completions.
+    ``delta`` for chat and ``text`` for text completions; ``index`` is the choice's (one
+    template per choice when n > 1: each chunk carries one choice, as OpenAI and vLLM send).
     """
 
     __slots__ = ("head",)
 
-    def __init__(self, head: dict[str, Any], field: str) -> None:
+    def __init__(self, head: dict[str, Any], field: str, index: int = 0) -> None:
         self.head = (
-            b"data: " + dumps(head)[:-1] + b',"choices":[{"index":0,"' + field.encode() + b'":'
+            b"data: "
+            + dumps(head)[:-1]
+            + b',"choices":[{"index":'
+            + str(index).encode()
+            + b',"'
+            + field.encode()
+            + b'":'
         )
 
     def chunk(self, value: bytes, logprobs: bytes = b"null") -> bytes:

@@ -494,8 +494,8 @@ def test_errors_are_openai_json(client, proxy):
         client.chat.completions.create(model="gpt-4", messages=user("hi"))
     assert not_found.value.body["code"] == "model_not_found"
     with pytest.raises(openai.BadRequestError) as bad_n:
-        client.chat.completions.create(model="qwen3", messages=user("hi"), n=2, stream=True)
-    assert bad_n.value.body["param"] == "n"
+        client.chat.completions.create(model="qwen3", messages=user("hi"), n=17, stream=True)
+    assert bad_n.value.body["param"] == "n"  # beyond max_n (16)
     with pytest.raises(openai.BadRequestError) as bad_fmt:
         client.chat.completions.create(
             model="qwen3", messages=user("hi"), response_format={"type": "xml"}

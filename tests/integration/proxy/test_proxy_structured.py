@@ -324,3 +324,47 @@ def test_n_choices_non_stream(client, proxy):
         timeout=60,
     )
     assert [c["index"] for c in r.json()["choices"]] == [0, 1]
+
+
+def _streamed_choices(chunks, field):
+    """Text and finish reason per choice index from a stream, and its usage chunk."""
+    texts: dict[int, str] = {}
+    finishes: dict[int, str] = {}
+    for c in chunks[:-1]:
+        assert len(c.choices) == 1 and c.usage is None
+        choice = c.choices[0]
+        part = choice.delta.content if field == "delta" else choice.text
+        texts[choice.index] = texts.get(choice.index, "") + (part or "")
+        if choice.finish_reason is not None:
+            assert choice.index not in finishes  # one final chunk per choice
+            finishes[choice.index] = choice.finish_reason
+    assert chunks[-1].choices == []
+    return texts, finishes, chunks[-1].usage
+
+
+def test_n_choices_stream_match_non_stream(client):
+    args = {"model": "qwen3", "messages": reply("alpha beta gamma"), "n": 3, "seed": 11}
+    whole = client.chat.completions.create(**args, max_tokens=20)
+    chunks = list(
+        client.chat.completions.create(
+            **args, max_tokens=20, stream=True, stream_options={"include_usage": True}
+        )
+    )
+    texts, finishes, usage = _streamed_choices(chunks, "delta")
+    assert sorted(texts) == [0, 1, 2]
+    for c in whole.choices:
+        assert texts[c.index] == c.message.content == "alpha beta gamma"
+        assert finishes[c.index] == c.finish_reason == "stop"
+    assert usage.model_dump() == whole.usage.model_dump()
+    # Text completions, one choice cut by max_tokens like the others.
+    cargs = {"model": "qwen3", "prompt": "[reply]x y z w[/reply]", "n": 3, "seed": 11}
+    cwhole = client.completions.create(**cargs, max_tokens=3)
+    cchunks = list(
+        client.completions.create(
+            **cargs, max_tokens=3, stream=True, stream_options={"include_usage": True}
+        )
+    )
+    ctexts, cfinishes, cusage = _streamed_choices(cchunks, "text")
+    assert [ctexts[c.index] for c in cwhole.choices] == [c.text for c in cwhole.choices]
+    assert all(cfinishes[c.index] == c.finish_reason == "length" for c in cwhole.choices)
+    assert cusage.completion_tokens == cwhole.usage.completion_tokens == 9
