@@ -142,6 +142,7 @@ def engine_config(
     hidden_size: int = 5120,
     num_hidden_layers: int = 64,
     max_position_embeddings: int = 40960,
+    logits_dtype: str = "float32",  # PretrainedConfig's default (models/modeling_utils.py)
 ) -> dict[str, Any]:
     """config.json of an engine built by ``trtllm-build <argv>`` from a Qwen3 checkpoint."""
     flags = parse_build_argv(argv)
@@ -190,6 +191,7 @@ def engine_config(
             "architecture": architecture,
             "dtype": dtype,
             "vocab_size": vocab_size,
+            "logits_dtype": logits_dtype,
             "hidden_size": hidden_size,
             "num_hidden_layers": num_hidden_layers,
             "max_position_embeddings": max_position_embeddings,

@@ -130,7 +130,8 @@ class _SamplingRequest(_Tolerant):
     guided_grammar: str | None = None
     guided_decoding_backend: str | None = None
     guided_whitespace_pattern: str | None = None
-    # Not applied by this engine; typed and bounded (request_limits) so that it costs nothing.
+    # Token id (decimal string) -> bias added to its logit; bounded in request_limits, sent
+    # as the engine's embedding_bias (proxy/logit_bias.py).
     logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100)]] | None = None
 
     @field_validator("stop")

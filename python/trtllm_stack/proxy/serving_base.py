@@ -37,6 +37,7 @@ from trtllm_stack.proxy.errors import (
     json_response,
 )
 from trtllm_stack.proxy.guided import Guide, request_guide
+from trtllm_stack.proxy.logit_bias import embedding_bias
 from trtllm_stack.proxy.metrics import ProxyMetrics
 from trtllm_stack.proxy.prompt_worker import PromptWork
 from trtllm_stack.proxy.protocol import _SamplingRequest
@@ -224,6 +225,7 @@ class ServingContext:
             return_log_probs=want_log_probs,
             guide_type=guide.type if guide is not None else None,
             guide=guide.text if guide is not None else None,
+            embedding_bias=embedding_bias(body.logit_bias, limits.vocab_size),
         )
 
     async def start(self, req: EngineRequest, request_id: str) -> ChunkStream:

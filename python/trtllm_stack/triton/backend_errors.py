@@ -42,6 +42,33 @@ def executor_error(request_id: int, message: str, source: str = LLM_REQUEST_SOUR
     )
 
 
+# An embedding_bias of the wrong length: TLLM_CHECK_WITH_INFO in
+# cpp/tensorrt_llm/batch_manager/createNewDecoderRequests.cpp initializeEmbeddingBias, thrown
+# inside the executor's step (cpp/tensorrt_llm/executor/executorImpl.cpp forwardAsync:
+# "Encountered an error in forwardAsync function: " + e.what(), then terminateActiveRequests:
+# the real executor fails every request active in that step, not only this one). The
+# "[TensorRT-LLM][ERROR] Assertion failed: " prefix is how common/assert.h's
+# throwRuntimeError words a failed check (read in 1.x-era copies, not at the 1.1.0 tag).
+DECODER_REQUESTS_SOURCE = (
+    "/src/tensorrt_llm/cpp/tensorrt_llm/batch_manager/createNewDecoderRequests.cpp"
+)
+
+
+def embedding_bias_shape(vocab_size: int) -> str:
+    return (
+        "[TensorRT-LLM][ERROR] Assertion failed: The embedding bias shape is not as expected."
+        f" Expected last dimension to be same as vocab size: {vocab_size}."
+    )
+
+
+def step_error(request_id: int, message: str, source: str = DECODER_REQUESTS_SOURCE) -> str:
+    """What the Triton client receives for a request that failed in the executor's step."""
+    return (
+        f"Executor failed process requestId {request_id} due to the following error:"
+        f" Encountered an error in forwardAsync function: {message} ({source})"
+    )
+
+
 def clamped_max_tokens(prompt_len: int, max_tokens: int, max_seq_len: int) -> int:
     """``LlmRequest::validate``: requested output shortened to fit max_seq_len (no error)."""
     if prompt_len + max_tokens > max_seq_len:

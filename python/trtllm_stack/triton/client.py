@@ -67,6 +67,8 @@ class EngineSilent(EngineError):
 class EngineLimits:
     max_input_len: int | None
     max_seq_len: int | None
+    # Rows of the engine's logits (None: a repository from before this parameter).
+    vocab_size: int | None = None
 
 
 def build_request(
@@ -336,7 +338,9 @@ class EngineClient:
             value = params[key].string_value if key in params else ""
             return int(value) if value.strip().isdigit() else None
 
-        return EngineLimits(read(T.PARAM_MAX_INPUT_LEN), read(T.PARAM_MAX_SEQ_LEN))
+        return EngineLimits(
+            read(T.PARAM_MAX_INPUT_LEN), read(T.PARAM_MAX_SEQ_LEN), read(T.PARAM_VOCAB_SIZE)
+        )
 
     async def open(
         self, req: T.EngineRequest, request_id: str | None = None, *, timeout: float | None = None

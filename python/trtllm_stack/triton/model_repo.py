@@ -75,6 +75,9 @@ class RepoOptions:
     max_seq_len: int | None = None
     # None: the variant's kv_cache_reuse (default on); False: `model-repo --no-kv-cache-reuse`.
     kv_cache_reuse: bool | None = None
+    # The scripted engine's vocabulary size (a real engine's comes from its config.json);
+    # None: the variant's, else the tokenizer's.
+    vocab_size: int | None = None
     overrides: dict[str, str] = field(default_factory=dict)
 
 
@@ -118,6 +121,33 @@ class EngineLimits:
     max_batch_size: int | None
     # None where config.json does not say (hand-written configs in old tests).
     paged_context_fmha: bool | None
+    # Length an embedding_bias must have; None if config.json does not say or the engine's
+    # logits cannot take an FP32 bias.
+    bias_vocab_size: int | None = None
+
+
+# The executor takes an FP32 embedding_bias for FP32 logits as is and converts it for FP16
+# logits; any other logits dtype fails the request ("Embedding bias data type must be same as
+# model logits type.", cpp/tensorrt_llm/batch_manager/createNewDecoderRequests.cpp
+# getEmbeddingBias). TensorRT-LLM's default logits_dtype is float32
+# (tensorrt_llm/models/modeling_utils.py PretrainedConfig).
+_FP32_BIAS_LOGITS = ("float32", "float16")
+
+
+def _bias_vocab_size(config: dict[str, Any]) -> int | None:
+    """The executor checks the bias length against ModelConfig::getVocabSize(), which
+    cpp/tensorrt_llm/runtime/gptJsonConfig.cpp reads from pretrained_config's vocab_size
+    (createNewDecoderRequests.cpp initializeEmbeddingBias: "Expected last dimension to be
+    same as vocab size")."""
+    pretrained = config.get("pretrained_config")
+    if not isinstance(pretrained, dict):
+        return None
+    vocab = pretrained.get("vocab_size")
+    if not isinstance(vocab, int) or isinstance(vocab, bool) or vocab <= 0:
+        return None
+    if pretrained.get("logits_dtype", "float32") not in _FP32_BIAS_LOGITS:
+        return None
+    return vocab
 
 
 def _engine_limits(engine_dir: Path, chunked_context: bool) -> EngineLimits:
@@ -129,7 +159,8 @@ def _engine_limits(engine_dir: Path, chunked_context: bool) -> EngineLimits:
     max_input_len. That is what the executor checks (LlmRequest::validate), so it is what the
     preprocessing model and the proxy check too.
     """
-    build = read_engine_config(engine_dir).get("build_config", {})
+    config = read_engine_config(engine_dir)
+    build = config.get("build_config", {})
     plugin = build.get("plugin_config")
     plugin = plugin if isinstance(plugin, dict) else {}
 
@@ -158,7 +189,9 @@ def _engine_limits(engine_dir: Path, chunked_context: bool) -> EngineLimits:
     paged = flag("use_paged_context_fmha")
     if paged is not None and flag("paged_kv_cache") is False:
         paged = False
-    return EngineLimits(runtime_input, max_seq, get("max_batch_size"), paged)
+    return EngineLimits(
+        runtime_input, max_seq, get("max_batch_size"), paged, _bias_vocab_size(config)
+    )
 
 
 def _templates() -> Any:
@@ -202,9 +235,11 @@ def render_repository(
         options.overrides.get("enable_chunked_context", ENGINE_DEFAULTS["enable_chunked_context"])
         == "true"
     )
+    vocab_size = options.vocab_size or (variant.model.vocab_size if variant is not None else None)
     if not is_scripted:
         engine_dir = Path(engine)
         limits = _engine_limits(engine_dir, chunked)
+        vocab_size = limits.bias_vocab_size
         max_input = options.max_input_len or limits.max_input_len or max_input
         max_seq = options.max_seq_len or limits.max_seq_len or max_seq
         batch = limits.max_batch_size or batch
@@ -216,6 +251,8 @@ def render_repository(
             )
     max_seq = max_seq or 16384
     max_input = max_input or max_seq - 1
+    if is_scripted and vocab_size is None:
+        vocab_size = tokenizer_info.vocab_size(Path(tokenizer_dir))
 
     values = dict(ENGINE_DEFAULTS)
     values.update(
@@ -223,6 +260,7 @@ def render_repository(
         tokenizer_dir=_pbtxt_string(str(tokenizer_dir)),
         max_input_len=str(max_input),
         max_seq_len=str(max_seq),
+        vocab_size=str(vocab_size or ""),
         enable_kv_cache_reuse="true" if reuse else "false",
     )
     values.update(options.overrides)

@@ -31,7 +31,10 @@ from __future__ import annotations
 
 import json
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from trtllm_stack.triton.scripted import BiasRule
 
 # ":" and "," before digits: a number must not grow forever.
 _OUTSIDE_ORDER = '}]":,0{['
@@ -148,36 +151,70 @@ class GuidedRun:
         self._track(token)
         return True
 
-    def next_token(self) -> int | None:
-        """The completion rule's next token (rule 2); None: the document is complete."""
+    def next_token(self, bias: BiasRule | None = None, eos_allowed: bool = True) -> int | None:
+        """The completion rule's next token (rule 2); None: the document is complete.
+
+        With a bias (``logit_bias``) the grammar still wins: a forced token is taken only if
+        the grammar allows it, a banned one is avoided only if something else is allowed, and
+        a banned (or not yet allowed) stop token does not end a document that can go on.
+        """
         self.diverged = True
         if self._matcher.is_terminated():
             return None
         self._matcher.fill_next_token_bitmask(self._bitmask)
         words = self._bitmask[0].numpy()
+        size = self._owner.vocab_size
 
         def allowed(i: int) -> bool:
-            return bool((int(words[i >> 5]) >> (i & 31)) & 1)
+            return 0 <= i < size and bool((int(words[i >> 5]) >> (i & 31)) & 1)
 
-        if any(allowed(s) for s in self._owner.stop_ids):
+        stops = self._owner.stop_ids
+        banned = bias.banned if bias is not None else frozenset()
+        stop_ok = eos_allowed and not any(s in banned for s in stops)
+        if bias is not None:
+            for token in bias.forced:
+                if token in stops:
+                    if stop_ok and allowed(token):
+                        return None
+                elif allowed(token):
+                    return self._take(token)
+        if stop_ok and any(allowed(s) for s in stops):
             return None
         order = '"' if self._in_string else _OUTSIDE_ORDER
         choice: int | None = None
         for ch in order + _ASCII_ORDER + ' \n"':
             tid = self._owner._id_of.get(ch)
-            if tid is not None and allowed(tid):
+            if tid is not None and allowed(tid) and tid not in banned:
                 choice = tid
                 break
         if choice is None:
-            for w, word in enumerate(words.tolist()):
-                if word:
-                    word &= 0xFFFFFFFF
-                    choice = w * 32 + ((word & -word).bit_length() - 1)
-                    break
+            choice = self._lowest_allowed(words, banned)
+        if choice is None and banned:
+            if any(allowed(s) for s in stops):
+                return None  # only banned tokens or the stop token left: end (grammar wins)
+            choice = self._lowest_allowed(words, frozenset())
         if choice is None or not self._matcher.accept_token(choice):
             return None  # nothing allowed: a grammar with no way on; end as at EOS
         self._track(choice)
         return choice
+
+    def _take(self, token: int) -> int | None:
+        if not self._matcher.accept_token(token):
+            return None
+        self._track(token)
+        return token
+
+    def _lowest_allowed(self, words: Any, banned: frozenset[int]) -> int | None:
+        stops = self._owner.stop_ids
+        for w, word in enumerate(words.tolist()):
+            word &= 0xFFFFFFFF
+            while word:
+                low = word & -word
+                tid = w * 32 + low.bit_length() - 1
+                if tid not in banned and tid not in stops:
+                    return tid
+                word ^= low
+        return None
 
     def accept_stop(self) -> None:
         """The document ended at the stop token (the real engine's EOS step)."""

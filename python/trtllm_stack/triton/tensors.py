@@ -9,7 +9,7 @@ also be used inside Triton's Python backend.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -29,6 +29,10 @@ EMPTY_FINAL_RESPONSE_PARAM = "triton_enable_empty_final_response"
 # can read the engine's limits from Triton (the TensorRT-LLM backend ignores unknown keys).
 PARAM_MAX_INPUT_LEN = "trtllm_stack_max_input_len"
 PARAM_MAX_SEQ_LEN = "trtllm_stack_max_seq_len"
+# The engine's vocabulary size (config.json pretrained_config.vocab_size): the length an
+# embedding_bias must have. The proxy needs it to build one; the tokenizer's own size is
+# smaller for padded vocabularies (Qwen3: 151936 rows, 151669 tokenizer ids).
+PARAM_VOCAB_SIZE = "trtllm_stack_vocab_size"
 
 # Guided decoding parameters of the tensorrt_llm model config, as the backend reads them
 # (triton_backend/inflight_batcher_llm/src/model_instance_state.cc,
@@ -63,6 +67,11 @@ STOP = "stop"
 NUM_RETURN_SEQUENCES = "num_return_sequences"
 GUIDED_DECODING_GUIDE_TYPE = "guided_decoding_guide_type"
 GUIDED_DECODING_GUIDE = "guided_decoding_guide"
+# FP32, dims [-1], optional, allow_ragged_batch (triton_backend/all_models/
+# inflight_batcher_llm/tensorrt_llm/config.pbtxt; tensorrtllm_backend c2e65b8 lines 145-151).
+# The backend squeezes [1, V] to [V] and an empty one means no bias (utils.cc 1006-1016 at
+# c2e65b8); the executor adds it to the logits and requires V == the engine's vocab size.
+EMBEDDING_BIAS = "embedding_bias"
 
 # tensorrt_llm model outputs
 OUTPUT_IDS = "output_ids"
@@ -95,6 +104,7 @@ WIRE_DTYPES: dict[str, str] = {
     NUM_RETURN_SEQUENCES: "INT32",
     GUIDED_DECODING_GUIDE_TYPE: "BYTES",  # TYPE_STRING in config.pbtxt
     GUIDED_DECODING_GUIDE: "BYTES",
+    EMBEDDING_BIAS: "FP32",
 }
 
 _NP_DTYPES = {"INT32": np.int32, "FP32": np.float32, "UINT64": np.uint64, "BOOL": np.bool_}
@@ -124,6 +134,9 @@ class EngineRequest:
     # (schema JSON, regex or EBNF; none for "json").
     guide_type: str | None = None
     guide: str | None = None
+    # logit_bias as the backend takes it: float32 [vocab_size], added to the logits; None
+    # (the usual case) sends no tensor. Not compared: arrays have no truth value.
+    embedding_bias: np.ndarray | None = field(default=None, compare=False)
 
 
 def _scalar(name: str, value: float | int | bool) -> np.ndarray:
@@ -210,6 +223,9 @@ def engine_inputs(req: EngineRequest) -> list[tuple[str, np.ndarray]]:
         inputs.append((GUIDED_DECODING_GUIDE_TYPE, _string(req.guide_type)))
         if req.guide is not None:
             inputs.append((GUIDED_DECODING_GUIDE, _string(req.guide)))
+    if req.embedding_bias is not None:
+        bias = np.ascontiguousarray(req.embedding_bias, dtype=np.float32)
+        inputs.append((EMBEDDING_BIAS, bias.reshape(1, -1)))
     return inputs
 
 

@@ -79,3 +79,26 @@ def _cached_info(key: tuple[tuple[str, int, int], ...], tokenizer_dir: Path) -> 
             "stop_token_ids": [vocab[eos]],
         }
     )
+
+
+def vocab_size(tokenizer_dir: Path) -> int:
+    """Ids of the tokenizer (model.vocab plus added tokens): the scripted engine's vocabulary
+    size when no variant gives the model's (a real engine's may be padded larger)."""
+    path = tokenizer_dir / "tokenizer.json"
+    try:
+        key = (str(path.resolve()), path.stat().st_mtime_ns, path.stat().st_size)
+    except OSError as exc:
+        raise UserError(f"cannot read the tokenizer in {tokenizer_dir}: {exc}") from None
+    return _cached_vocab_size(key, path)
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_vocab_size(key: tuple[str, int, int], path: Path) -> int:
+    del key
+    try:
+        spec = json.loads(path.read_text(encoding="utf-8"))
+        ids = list(spec["model"]["vocab"].values())
+        ids.extend(int(added["id"]) for added in spec.get("added_tokens") or ())
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        raise UserError(f"{path} is not a Hugging Face fast tokenizer with a model.vocab") from None
+    return max(ids) + 1

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -56,12 +57,19 @@ def ids(tok, text: str) -> list[int]:
     return tok.encode(text, add_special_tokens=False)
 
 
-def records(log: Path) -> list[dict]:
-    return [
-        e
-        for e in (json.loads(line) for line in log.read_text().splitlines())
-        if e["event"] == "request"
-    ]
+def records(log: Path, wait_for: tuple[str, ...] = ()) -> list[dict]:
+    """The request records; waits (bounded) for those of ``wait_for``: the engine writes a
+    record just after the final response, so the client can see the response first."""
+    deadline = time.monotonic() + 10.0
+    while True:
+        found = [
+            e
+            for e in (json.loads(line) for line in log.read_text().splitlines())
+            if e["event"] == "request"
+        ]
+        if {e["request_id"] for e in found} >= set(wait_for) or time.monotonic() > deadline:
+            return found
+        time.sleep(0.05)
 
 
 async def collect(client: EngineClient, req: EngineRequest, request_id: str):
@@ -80,7 +88,11 @@ async def test_more_requests_than_slots_queue_and_all_complete(small_engine, tok
     )
     await client.close()
     assert all(len(chunks) == 8 and chunks[-1].final for chunks in results)
-    done = {e["request_id"]: e for e in records(log) if e["request_id"].startswith("q")}
+    done = {
+        e["request_id"]: e
+        for e in records(log, tuple(f"q{i}" for i in range(n)))
+        if e["request_id"].startswith("q")
+    }
     assert len(done) == n
     waits = sorted(e["queued_ms"] for e in done.values())
     # Two run at once; the others waited for a slot (8 tokens x 20 ms = 160 ms a request).
@@ -114,7 +126,7 @@ async def test_prompt_plus_max_tokens_over_max_seq_len_is_shortened(small_engine
     await client.close()
     # LlmRequest::validate: requested output changed to max_seq_len - prompt, no error.
     assert sum(len(c.token_ids) for c in chunks) == MAX_SEQ - 50
-    rec = next(e for e in records(log) if e["request_id"] == "shortened")
+    rec = next(e for e in records(log, ("shortened",)) if e["request_id"] == "shortened")
     assert rec["outcome"] == "length" and rec["max_tokens"] == MAX_SEQ - 50
 
 

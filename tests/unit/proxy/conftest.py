@@ -29,6 +29,7 @@ class FakeEngine(GeneratorEngine):
     available: bool = True
     max_input_len: int | None = 4096
     max_seq_len: int | None = 8192
+    vocab_size: int | None = 151936  # Qwen3's engine vocabulary (padded past the tokenizer)
     requests: list[EngineRequest] = field(default_factory=list)
     outcomes: list[str] = field(default_factory=list)
 
@@ -63,7 +64,7 @@ class FakeEngine(GeneratorEngine):
     async def limits(self) -> EngineLimits:
         if not self.available:
             raise EngineUnavailable("connection refused")
-        return EngineLimits(self.max_input_len, self.max_seq_len)
+        return EngineLimits(self.max_input_len, self.max_seq_len, self.vocab_size)
 
     async def close(self) -> None:
         pass

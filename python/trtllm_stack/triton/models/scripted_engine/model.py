@@ -9,6 +9,9 @@ Limits as the real executor enforces them (texts in triton/backend_errors.py): a
 ``scripted_batch_slots`` requests generate at once and the rest wait in arrival order
 (inflight batching's queue); a prompt over the repository's max input length fails when it is
 taken from the queue; prompt + max tokens over max_seq_len is shortened, not failed.
+``embedding_bias`` (FP32 [1, V]; Triton checks dtype and rank against config.pbtxt) must
+have V == the repository's vocab size, else the request fails with the executor's text; an
+empty one is no bias, as the backend reads it (utils.cc).
 On MPI ranks > 0 it blocks in initialize, as TensorRT-LLM's leader mode does, so that
 tritonserver on those ranks never opens its ports.
 """
@@ -25,7 +28,7 @@ from tokenizers import Tokenizer
 
 from trtllm_stack.triton import backend_errors
 from trtllm_stack.triton import tensors as T
-from trtllm_stack.triton.scripted import ScriptedModel, ends_with_any, token_stream
+from trtllm_stack.triton.scripted import BiasRule, ScriptedModel, ends_with_any, token_stream
 
 
 def _param(config, key, default):
@@ -46,6 +49,10 @@ def _scalar(request, name, default):
     if tensor is None:
         return default
     return tensor.as_numpy().reshape(-1)[0].item()
+
+
+class _StepError(Exception):
+    """A request the executor fails in its step; the message is the backend's text."""
 
 
 class TritonPythonModel:
@@ -86,6 +93,7 @@ class TritonPythonModel:
             self._guided = GuidedDecoding(info_path)
         self._max_input_len = int(_param(config, T.PARAM_MAX_INPUT_LEN, "0")) or None
         self._max_seq_len = int(_param(config, T.PARAM_MAX_SEQ_LEN, "0")) or None
+        self._vocab_size = int(_param(config, T.PARAM_VOCAB_SIZE, "0")) or None
         self._slots_total = max(1, int(_param(config, "scripted_batch_slots", "64")))
         self._executor_ids = iter(range(1, 1 << 62))
         self._loop = asyncio.new_event_loop()
@@ -134,6 +142,19 @@ class TritonPythonModel:
         queued_ms = round((time.monotonic() - queued_at) * 1000, 1)
         try:
             await self._run(request, sender, queued_ms)
+        except _StepError as exc:
+            sender.send(
+                pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc))),
+                flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL,
+            )
+            self._log(
+                {
+                    "event": "request",
+                    "request_id": request.request_id(),
+                    "outcome": "step_error",
+                    "output_tokens": 0,
+                }
+            )
         except Exception as exc:  # the stand-in must never leave a stream open
             sender.send(
                 pb_utils.InferenceResponse(error=pb_utils.TritonError(f"scripted engine: {exc}")),
@@ -205,6 +226,7 @@ class TritonPythonModel:
         stops = T.from_word_list(stop_tensor.as_numpy()[0]) if stop_tensor is not None else []
 
         min_tokens = int(_scalar(request, T.MIN_TOKENS, 0))
+        bias = self._bias_rule(request)
         guided = await self._guided_run(request)
 
         plan = self._model.plan(prompt.tolist())
@@ -219,6 +241,7 @@ class TritonPythonModel:
             min_tokens=min_tokens,
             filler=self._model.filler_tokens,
             guided=guided,
+            bias=bias,
         )
         for position, token in enumerate(tokens):
             if request.is_cancelled():
@@ -269,6 +292,26 @@ class TritonPythonModel:
                 "queued_ms": queued_ms,
             }
         )
+
+    def _bias_rule(self, request):
+        """The request's BiasRule (None: no bias or nothing extreme in it). A length other
+        than the vocab size fails as the executor fails it (backend_errors.step_error)."""
+        tensor = pb_utils.get_input_tensor_by_name(request, T.EMBEDDING_BIAS)
+        if tensor is None:
+            return None
+        bias = tensor.as_numpy()
+        if bias.ndim == 2 and bias.shape[0] == 1:
+            bias = bias[0]  # utils.cc squeezeTensor(originalTensor, 1)
+        if bias.ndim == 1 and bias.shape[0] == 0:
+            return None  # utils.cc: an empty bias is no bias
+        if self._vocab_size is None or bias.ndim != 1 or bias.shape[0] != self._vocab_size:
+            raise _StepError(
+                backend_errors.step_error(
+                    next(self._executor_ids),
+                    backend_errors.embedding_bias_shape(self._vocab_size or 0),
+                )
+            )
+        return BiasRule.from_bias(bias, self._model.filler_tokens)
 
     async def _guided_run(self, request):
         """The request's grammar matcher, or None without a guide. Errors as the backend
