@@ -280,3 +280,19 @@ async def test_non_stream_failure_on_one_choice_cancels_the_others(client, engin
     await asyncio.sleep(0.02)  # the cancelled generator finishes its cleanup
     assert outcomes == {0: "failed", 1: "cancelled"}
     assert ctx_of(client).in_flight == 0
+
+
+async def test_reasoning_per_choice(client, engine, tokenizer):
+    texts = ["<think>\nfirst thought\n</think>\n\nAnswer one.", "<think>\nother\n</think>\n\nTwo."]
+    per_choice(engine, tokenizer, texts)
+    body = chat(n=2, seed=SEED)
+    whole = (await client.post("/v1/chat/completions", json=body)).json()
+    got = by_choice(
+        sse((await client.post("/v1/chat/completions", json={**body, "stream": True})).text)
+    )
+    for i in range(2):
+        message = whole["choices"][i]["message"]
+        reasoning = "".join(c["delta"].get("reasoning_content") or "" for c in got[i])
+        content = "".join(c["delta"].get("content") or "" for c in got[i])
+        assert (reasoning, content) == (message["reasoning_content"], message["content"])
+    assert [whole["choices"][i]["message"]["content"] for i in range(2)] == ["Answer one.", "Two."]
