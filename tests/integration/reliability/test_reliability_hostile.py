@@ -160,7 +160,7 @@ JSON_BODIES: list[tuple[str, dict[str, Any], set[int]]] = [
         {200, 400},
     ),
     ("stop list too long", chat_body("a", stop=["x"] * 100), {400}),
-    ("n=5", chat_body("a", n=5), {400}),
+    ("n beyond max_n", chat_body("a", n=17), {400}),
     ("unknown model", {**chat_body("a"), "model": "gpt-4"}, {404}),
 ]
 
