@@ -7,19 +7,21 @@ is restarted per variant:
   in ``asyncio.to_thread`` above 16K characters), exported with ``git archive`` to a temp
   dir and run with PYTHONPATH pointing at it;
 - ``no-cache``: this tree with ``--prompt-cache-bytes 0`` (prompt thread, no cache);
+- ``no-warm``: this tree with ``--no-prompt-warm-replies`` (replies not tokenized ahead;
+  not in the default ``--variants``);
 - ``nice-0``: this tree with ``--prompt-thread-nice 0`` (the prompt thread at the loop's
   priority; not in the default ``--variants``);
 - ``after``: this tree with its defaults.
 
-Per variant: (1) TTFT of turn 10 of ``--conversations`` fresh ~28K-token conversations
-(turns 1..9 sent first, as a client would), minus the TTFT of the same token ids sent
-straight to Triton; (2) inter-token latency of 32 running streams for ``--duration`` s
-without long prompts, then (3) the same while a fresh ~28K-token prompt (turn 10 of a new
-conversation: every block a cache miss) arrives once per second; with
-``--direct-long-prompts``, (4) the same while those prompts' token ids go straight to
-Triton instead (the floor: what the box and the engine stand-in cost the streams without
-any proxy work). ``--repeat`` runs the variants again, interleaved, so that before/after
-share the same minutes of box load.
+Per variant: (1) TTFT of turn 10 of ``--conversations`` fresh ~30K-token conversations
+(turns 1..9 sent first, each reply sent back in the next turn, as a client does), minus the
+TTFT of the same token ids sent straight to Triton; (2) inter-token latency of 32 running
+streams for ``--duration`` s without long prompts, then (3) the same while a fresh
+~28K-token prompt (turn 10 of a new conversation: every block a cache miss) arrives once
+per second; with ``--direct-long-prompts``, (4) the same while those prompts' token ids go
+straight to Triton instead (the floor: what the box and the engine stand-in cost the
+streams without any proxy work). ``--repeat`` runs the variants again, interleaved, so
+that before/after share the same minutes of box load.
 
 Run from the repo root (takes ~4 min per repeat):
     python python/scripts/perf/long_prompt_bench.py --repeat 2 \
@@ -163,30 +165,53 @@ async def prompt_seconds(session: aiohttp.ClientSession, url: str) -> tuple[floa
     return total, count
 
 
+async def reply_text(session: aiohttp.ClientSession, url: str, body: bytes) -> str:
+    async with session.post(
+        f"{url}/v1/chat/completions", data=body, headers={"content-type": "application/json"}
+    ) as r:
+        r.raise_for_status()
+        content: str = (await r.json())["choices"][0]["message"]["content"]
+        return content
+
+
 async def turn10_ttfts(url: str, seeds: list[int]) -> dict[str, Any]:
+    """Ten turns per seed as a client sends them: each answer that comes back is sent back
+    in the next turn. The scripted engine answers turns 1-9 with the conversation's own
+    answer text (``[reply]`` in the question, unpaced: ``[delay_ms=0]``)."""
     out: list[float] = []
     prompt_ms: list[float] = []
+    turn10: list[list[dict[str, Any]]] = []
     async with aiohttp.ClientSession() as session:
         for seed in seeds:
-            for turns in range(1, 11):
-                messages, _ = conversation(turns, seed=seed, doc_words=DOC_WORDS)
-                body = chat_body(messages, 2, True)
+            full, _ = conversation(10, seed=seed, doc_words=DOC_WORDS)
+            sent = [full[0]]
+            for t in range(10):
+                user = dict(full[1 + 2 * t])
+                if t < 9:
+                    answer = full[2 + 2 * t]["content"]
+                    user["content"] += f" [delay_ms=0][reply]{answer}[/reply]"
+                    sent.append(user)
+                    reply = await reply_text(session, url, chat_body(sent, 400, False))
+                    sent.append({"role": "assistant", "content": reply})
+                    continue
+                sent.append(user)
                 before = await prompt_seconds(session, url)
-                t = await ttft(session, url, body)
+                out.append(await ttft(session, url, chat_body(sent, 2, True)) * 1000)
                 after = await prompt_seconds(session, url)
-                if turns == 10:
-                    out.append(t * 1000)
-                    if after[1] > before[1]:
-                        prompt_ms.append((after[0] - before[0]) * 1000)
-    return {"ttft_ms": out, "prompt_work_ms": prompt_ms}
+                if after[1] > before[1]:
+                    prompt_ms.append((after[0] - before[0]) * 1000)
+            turn10.append(sent)
+    return {"ttft_ms": out, "prompt_work_ms": prompt_ms, "messages": turn10}
 
 
-async def direct_ttfts(grpc_url: str, tok: Any, seeds: list[int]) -> list[float]:
+async def direct_ttfts(
+    grpc_url: str, tok: Any, conversations: list[list[dict[str, Any]]]
+) -> list[float]:
+    """TTFT of the same turn-10 prompts' ids sent straight to Triton."""
     client = EngineClient(grpc_url)
     out = []
     try:
-        for seed in seeds:
-            messages, _ = conversation(10, seed=seed, doc_words=DOC_WORDS)
+        for i, messages in enumerate(conversations):
             text = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
             ids = tok.backend_tokenizer.encode(text, add_special_tokens=False).ids
             req = EngineRequest(
@@ -194,7 +219,7 @@ async def direct_ttfts(grpc_url: str, tok: Any, seeds: list[int]) -> list[float]
                 pad_id=tok.eos_token_id, streaming=True,
             )  # fmt: skip
             start = time.perf_counter()
-            stream = await client.open(req, f"direct-{seed}", timeout=60)
+            stream = await client.open(req, f"direct-{time.time_ns()}-{i}", timeout=60)
             while (batch := await stream.next_batch()) is not None:
                 if any(c.token_ids for c in batch):
                     out.append((time.perf_counter() - start) * 1000)
@@ -320,6 +345,7 @@ def main() -> None:
         variants = {
             "before": (str(before_src / "python"), []),
             "no-cache": (None, ["--prompt-cache-bytes", "0"]),
+            "no-warm": (None, ["--no-prompt-warm-replies"]),
             "nice-0": (None, ["--prompt-thread-nice", "0"]),
             "after": (None, []),
         }
@@ -331,10 +357,6 @@ def main() -> None:
         server = TritonServer(repo, log_path=work / "tritonserver.log")
         endpoints = server.start()
         try:
-            seeds_direct = [1000 + i for i in range(args.conversations)]
-            direct = asyncio.run(direct_ttfts(endpoints.grpc_url, tok, seeds_direct))
-            results["direct_turn10_ttft_ms"] = direct
-            print(f"direct turn-10 TTFT ms: median {statistics.median(direct):.1f} {direct}")
             for rep in range(args.repeat):
                 for name in args.variants.split(","):
                     pythonpath, extra = variants[name]
@@ -344,6 +366,8 @@ def main() -> None:
                         seeds = [base + i for i in range(args.conversations)]
                         t10 = asyncio.run(turn10_ttfts(url, seeds))
                         grpc = endpoints.grpc_url
+                        direct = asyncio.run(direct_ttfts(grpc, tok, t10.pop("messages")))
+                        t10["direct_ttft_ms"] = direct
                         calm = asyncio.run(itl_run(url, args.duration, None, base + 50, grpc, tok))
                         busy = asyncio.run(
                             itl_run(url, args.duration, "proxy", base + 50, grpc, tok)

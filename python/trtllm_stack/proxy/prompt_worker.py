@@ -16,6 +16,7 @@ whole template + encode costs less than handing it to a thread and back.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import sys
 import threading
@@ -33,6 +34,8 @@ from trtllm_stack.text.token_cache import BlockTokenCache
 T = TypeVar("T")
 
 _SWITCH_INTERVAL = 0.001
+_MAX_WARM = 4  # warm-up jobs waiting for the prompt thread
+log = logging.getLogger("trtllm_stack.proxy")
 _PROMPT_BUCKETS = (
     0.0002, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0,
 )  # fmt: skip
@@ -50,6 +53,7 @@ class PromptWork:
         threads: int,
         registry: CollectorRegistry,
         nice: int = 0,
+        warm_replies: bool = True,
     ) -> None:
         self.cache = BlockTokenCache(backend, cache_bytes)
         self.inline_chars = inline_chars
@@ -73,6 +77,9 @@ class PromptWork:
             registry=registry,
         )
         registry.register(_CacheCollector(self.cache))
+        self._warm_replies = warm_replies
+        self._warm_lock = threading.Lock()
+        self._warm_waiting = 0
 
     def encode(self, text: str) -> array[int]:
         """Token ids of ``text`` (no BOS/EOS added), through the block cache. Any thread."""
@@ -94,6 +101,33 @@ class PromptWork:
         result = await loop.run_in_executor(self._pool, fn, *args)
         self.seconds.labels("thread").observe(time.perf_counter() - start)
         return result
+
+    def worth_warming(self, size_chars: int) -> bool:
+        """Whether a reply to a prompt of ``size_chars`` should be tokenized ahead for the
+        next turn: long prompts (the ones the thread takes) with the cache on."""
+        return self._warm_replies and self.cache.enabled and size_chars > self.inline_chars
+
+    def warm(self, job: Callable[[], object]) -> None:
+        """Run ``job`` in the prompt thread, result and errors dropped: work ahead for a
+        later request. At most ``_MAX_WARM`` wait at a time, so a burst of replies never
+        queues much ahead of a real prompt."""
+        with self._warm_lock:
+            if self._warm_waiting >= _MAX_WARM:
+                return
+            self._warm_waiting += 1
+        try:
+            self._pool.submit(self._run_warm, job)
+        except RuntimeError:  # shut down
+            with self._warm_lock:
+                self._warm_waiting -= 1
+
+    def _run_warm(self, job: Callable[[], object]) -> None:
+        with self._warm_lock:
+            self._warm_waiting -= 1
+        try:
+            job()
+        except Exception:  # e.g. a template limit: nothing was promised to anyone
+            log.debug("prompt warm-up failed", exc_info=True)
 
     def close(self) -> None:
         # Threads cannot outlive the process; this only stops queued jobs from starting.

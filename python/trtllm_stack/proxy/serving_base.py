@@ -100,6 +100,7 @@ class ServingContext:
             inline_chars=settings.prompt_inline_chars,
             threads=settings.prompt_threads,
             nice=settings.prompt_thread_nice,
+            warm_replies=settings.prompt_warm_replies,
             registry=metrics.registry,
         )
 

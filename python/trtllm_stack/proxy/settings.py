@@ -154,6 +154,11 @@ class ProxySettings(BaseSettings):
     prompt_threads: int = Field(
         default=1, ge=1, le=64, description="threads that template and tokenize long prompts"
     )
+    prompt_warm_replies: bool = Field(
+        default=True,
+        description="tokenize the reply to a long prompt in the prompt thread once sent, so"
+        " that the next turn, which sends it back, finds it in the token cache",
+    )
     prompt_thread_nice: int = Field(
         default=10,
         ge=0,

@@ -224,3 +224,33 @@ async def test_prompt_threads_run_nicer_than_the_event_loop(tokenizer):
         assert niceness() == loop_nice
     finally:
         work.close()
+
+
+async def test_a_reply_is_tokenized_ahead_for_the_next_turn(make_client, long_engine, tokenizer):
+    long_engine.reply = "Here is what the documents say about it, in short. " * 12
+    for stream in (False, True):
+        client = make_client()
+        prompt = client._transport.app.state.ctx.prompt  # type: ignore[attr-defined]
+        seed = 41 if stream else 42
+        messages = long_chat(seed, turns=2)["messages"]
+        r = await client.post(
+            "/v1/chat/completions", json={"model": "qwen3", "messages": messages, "stream": stream}
+        )
+        assert r.status_code == 200
+        # The prompt thread is FIFO: once this no-op ran, the warm-up before it has too.
+        await prompt.run(10**9, lambda: None)
+        misses = prompt.cache.misses
+        follow = [
+            *messages,
+            {"role": "assistant", "content": long_engine.reply},
+            {"role": "user", "content": "And the second point?"},
+        ]
+        r = await client.post("/v1/chat/completions", json={"model": "qwen3", "messages": follow})
+        assert r.status_code == 200
+        # Only the new question is tokenized; the reply's block was cached ahead.
+        assert prompt.cache.misses - misses == 1, stream
+        text = tokenizer.apply_chat_template(
+            follow, add_generation_prompt=True, tokenize=False, enable_thinking=True
+        )
+        expected = tokenizer.backend_tokenizer.encode(text, add_special_tokens=False).ids
+        assert list(long_engine.requests[-1].prompt_ids) == expected
