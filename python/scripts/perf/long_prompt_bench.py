@@ -51,6 +51,7 @@ import aiohttp
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from trtllm_stack.bench.long_prompts import conversation
+from trtllm_stack.bench.proxy_vs_direct import wait_proxy_ready
 from trtllm_stack.tokenizer import bundled_qwen3_tokenizer_dir, load_tokenizer
 from trtllm_stack.triton.client import EngineClient
 from trtllm_stack.triton.model_repo import (
@@ -81,8 +82,6 @@ def chat_body(messages: list[dict[str, Any]], max_tokens: int, stream: bool) -> 
 
 @contextlib.contextmanager
 def proxy(grpc_url: str, work: Path, pythonpath: str | None, args: list[str]) -> Iterator[str]:
-    import httpx
-
     port = free_port()
     env = dict(os.environ)
     if pythonpath:
@@ -96,16 +95,7 @@ def proxy(grpc_url: str, work: Path, pythonpath: str | None, args: list[str]) ->
     log.close()
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"proxy exited {proc.returncode}, see {work}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{url}/health/ready", timeout=2).status_code == 200:
-                    break
-            if time.monotonic() > deadline:
-                raise RuntimeError("proxy not ready after 90 s")
-            time.sleep(0.3)
+        wait_proxy_ready(proc, url, work / f"proxy-{port}.log")
         yield url
     finally:
         if proc.poll() is None:

@@ -36,6 +36,26 @@ class Stack:
     proxy_pid: int
 
 
+def wait_proxy_ready(
+    proc: subprocess.Popen[bytes], url: str, log_path: Path, timeout: float = 90.0
+) -> None:
+    """Wait for a started ``trtllm-stack proxy`` to answer /health/ready (its log's end in
+    the error if it exits first)."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            tail = log_path.read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"proxy exited with {proc.returncode}:\n{tail}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"{url}/health/ready", timeout=2).status_code == 200:
+                return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"proxy not ready after {timeout:.0f} s")
+        time.sleep(0.3)
+
+
 @contextlib.contextmanager
 def running_stack(
     workdir: Path,
@@ -46,8 +66,6 @@ def running_stack(
 ) -> Iterator[Stack]:
     """tritonserver with the scripted engine and the proxy in front of it; both stopped
     on exit (also on errors and Ctrl-C)."""
-    import httpx
-
     from trtllm_stack.tokenizer import bundled_qwen3_tokenizer_dir
     from trtllm_stack.triton.model_repo import ScriptedEngineOptions, write_model_repository
     from trtllm_stack.triton.server import TritonServer, free_port
@@ -90,17 +108,7 @@ def running_stack(
         )
         log.close()
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 90
-        while True:
-            if proxy.poll() is not None:
-                tail = (workdir / "proxy.log").read_text(errors="replace")[-2000:]
-                raise RuntimeError(f"proxy exited with {proxy.returncode}:\n{tail}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{url}/health/ready", timeout=2).status_code == 200:
-                    break
-            if time.monotonic() > deadline:
-                raise RuntimeError("proxy not ready after 90 s")
-            time.sleep(0.3)
+        wait_proxy_ready(proxy, url, workdir / "proxy.log")
         assert server.pid is not None
         yield Stack(endpoints.grpc_url, url, server.pid, proxy.pid)
     finally:

@@ -7,11 +7,9 @@ import json
 
 import pytest
 import xgrammar as xgr
-from tokenizers import Tokenizer
 
 from trtllm_stack.triton.scripted import token_stream
-from trtllm_stack.triton.scripted_guide import GuidedDecoding, GuideError
-from trtllm_stack.triton.tokenizer_info import xgrammar_tokenizer_info
+from trtllm_stack.triton.scripted_guide import GuideError
 
 END = 151645  # <|im_end|>
 
@@ -25,20 +23,6 @@ def test_min_tokens_holds_back_eos_and_ignore_eos_never_ends():
     ]  # fmt: skip
     endless = token_stream([1], end_id=-1, min_tokens=0, filler=filler)
     assert [next(endless) for _ in range(5)] == [1, 7, 8, 7, 8]
-
-
-@pytest.fixture(scope="module")
-def guided(tmp_path_factory, qwen3_tokenizer_dir):
-    path = tmp_path_factory.mktemp("info") / "info.json"
-    path.write_text(xgrammar_tokenizer_info(qwen3_tokenizer_dir))
-    g = GuidedDecoding(str(path))
-    g.load()
-    return g, path
-
-
-@pytest.fixture(scope="module")
-def tok(qwen3_tokenizer_dir):
-    return Tokenizer.from_file(str(qwen3_tokenizer_dir / "tokenizer.json"))
 
 
 def _run(guided, tok, guide_type, guide, text):

@@ -6,12 +6,8 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import pytest
-from tokenizers import Tokenizer
 
 from trtllm_stack.triton.scripted import BiasRule, token_stream
-from trtllm_stack.triton.scripted_guide import GuidedDecoding
-from trtllm_stack.triton.tokenizer_info import xgrammar_tokenizer_info
 
 END = 151645  # <|im_end|>
 VOCAB = 151936  # Qwen3's padded vocabulary
@@ -73,23 +69,10 @@ def test_unbiased_stream_is_unchanged_by_the_rule_path():
         assert stream(script, {99: -100}, min_tokens=min_tokens, filler=filler) == plain
 
 
-@pytest.fixture(scope="module")
-def guided(tmp_path_factory, qwen3_tokenizer_dir):
-    path = tmp_path_factory.mktemp("info") / "info.json"
-    path.write_text(xgrammar_tokenizer_info(qwen3_tokenizer_dir))
-    g = GuidedDecoding(str(path))
-    g.load()
-    return g
-
-
-@pytest.fixture(scope="module")
-def tok(qwen3_tokenizer_dir):
-    return Tokenizer.from_file(str(qwen3_tokenizer_dir / "tokenizer.json"))
-
-
 def guided_text(guided, tok, guide_type, guide, reply, entries, limit=64):
+    g, _ = guided
     ids = tok.encode(reply, add_special_tokens=False).ids
-    run = guided.start(guide_type, guide)
+    run = g.start(guide_type, guide)
     out = []
     for token in token_stream(
         ids, end_id=END, min_tokens=0, filler=[], guided=run, bias=rule(entries)
